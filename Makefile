@@ -23,11 +23,11 @@ demo: setup
 	$(VENV)/bin/qcompiler demo
 
 test: setup
-	$(VPY) -m ruff check qcompiler passes backends tests bench examples
+	$(VPY) -m ruff check .
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VPY) -m ruff check qcompiler passes backends tests bench examples
+	$(VPY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) build *.egg-info
