@@ -119,6 +119,13 @@ def model_from_proto(
         model.opaque.append(Opaque("configuration", c.SerializeToString()))
     if check:
         check_domains(model, source)
+        from ..ir import verify
+        from .onnx_schema import schema_rule
+
+        try:
+            verify(model, rules=[schema_rule(model)])
+        except GraphError as e:
+            raise GraphError(f"{source}: {e}") from None
     return model
 
 
@@ -239,7 +246,10 @@ class _Reader:
             g.append(node, autoname=False)
             defined_so_far.update(n for n in np_.output if n)
         if sorted_needed:
-            g.toposort()  # raises GraphError on a cycle, naming a node in it
+            try:
+                g.toposort()
+            except GraphError as e:  # a cycle: name the file too
+                raise GraphError(f"{self.source}: {e}") from None
         # Types: declared value_info (kept on save), else what shape inference found (not saved).
         for name, v in produced.items():
             if name in value_info:
@@ -441,13 +451,10 @@ def _typed_fields_to_storage(tp: onnx.TensorProto, dtype: DType, shape: tuple[in
 def model_to_proto(model: Model, *, data_writer: _DataWriter | None = None) -> onnx.ModelProto:
     """Model -> ModelProto. With a `data_writer`, large tensors go to its external file instead of inline."""
     w = _Writer(data_writer)
-    mp = onnx.ModelProto(
-        ir_version=model.ir_version,
-        producer_name=model.producer_name,
-        producer_version=model.producer_version,
-        domain=model.domain,
-        model_version=model.model_version,
-        doc_string=model.doc_string,
+    mp = onnx.ModelProto(ir_version=model.ir_version)
+    _set(
+        mp, producer_name=model.producer_name, producer_version=model.producer_version, domain=model.domain,
+        model_version=model.model_version, doc_string=model.doc_string,
     )
     for dom, ver in model.opset_imports.items():
         mp.opset_import.append(onnx.OperatorSetIdProto(domain=dom, version=ver))
@@ -543,12 +550,29 @@ class _DataWriter:
             self.f.write(b"\0" * pad)
             self.offset += pad
         start = self.offset
-        raw = tensor.raw_bytes()
-        mv = memoryview(raw).cast("B")
-        for i in range(0, len(mv), self.CHUNK):
-            self.f.write(mv[i : i + self.CHUNK])
-        self.offset += len(mv)
-        return start, len(mv)
+        if tensor.external is not None and not tensor.is_loaded:
+            n = self._copy_external(tensor)  # file to file in chunks: nothing is mapped or held
+        else:
+            mv = memoryview(tensor.raw_bytes()).cast("B")
+            for i in range(0, len(mv), self.CHUNK):
+                self.f.write(mv[i : i + self.CHUNK])
+            n = len(mv)
+        self.offset += n
+        return start, n
+
+    def _copy_external(self, tensor: Tensor) -> int:
+        ref = tensor.external
+        assert ref is not None
+        left = tensor.nbytes
+        with open(ref.path, "rb") as src:
+            src.seek(ref.offset)
+            while left:
+                chunk = src.read(min(self.CHUNK, left))
+                if not chunk:
+                    raise ModelLoadError(f"external data file {ref.path} ended early")
+                self.f.write(chunk)
+                left -= len(chunk)
+        return tensor.nbytes
 
 
 class _Writer:
@@ -556,7 +580,8 @@ class _Writer:
         self.data = data
 
     def graph(self, g: Graph) -> onnx.GraphProto:
-        gp = onnx.GraphProto(name=g.name, doc_string=g.doc_string)
+        gp = onnx.GraphProto()
+        _set(gp, name=g.name, doc_string=g.doc_string)
         _put_props(gp.metadata_props, g.metadata_props)
         input_ids = {id(v) for v in g.inputs}
         for v in g.inputs:
@@ -578,7 +603,7 @@ class _Writer:
                     gp.value_info.append(self.value_info(v))
         for v in g.outputs:
             vi = self.value_info(v)
-            vi.doc_string = v.meta.get("output_doc_string", v.doc_string)
+            _set(vi, doc_string=v.meta.get("output_doc_string", v.doc_string))
             del vi.metadata_props[:]
             _put_props(vi.metadata_props, v.meta.get("output_metadata_props", {}))
             gp.output.append(vi)
@@ -586,14 +611,13 @@ class _Writer:
 
     def value_info(self, v: Value) -> onnx.ValueInfoProto:
         vi = _value_info(v.name, v.type)
-        vi.doc_string = v.doc_string
+        _set(vi, doc_string=v.doc_string)
         _put_props(vi.metadata_props, v.metadata_props)
         return vi
 
     def node(self, n: Node) -> onnx.NodeProto:
-        np_ = onnx.NodeProto(
-            op_type=n.op_type, domain=n.domain, name=n.name, overload=n.overload, doc_string=n.doc_string
-        )
+        np_ = onnx.NodeProto(op_type=n.op_type)
+        _set(np_, domain=n.domain, name=n.name, overload=n.overload, doc_string=n.doc_string)
         np_.input.extend("" if v is None else v.name for v in n.inputs)
         np_.output.extend(v.name for v in n.outputs)
         for a in n.attrs.values():
@@ -605,9 +629,8 @@ class _Writer:
         return np_
 
     def function(self, fn: Function) -> onnx.FunctionProto:
-        fp = onnx.FunctionProto(
-            domain=fn.domain, name=fn.name, overload=fn.overload, doc_string=fn.doc_string
-        )
+        fp = onnx.FunctionProto(name=fn.name)
+        _set(fp, domain=fn.domain, overload=fn.overload, doc_string=fn.doc_string)
         fp.input.extend(v.name for v in fn.graph.inputs)
         fp.output.extend(v.name for v in fn.graph.outputs)
         fp.attribute.extend(fn.attributes)
@@ -624,7 +647,8 @@ class _Writer:
         return fp
 
     def attr(self, a: Attr) -> onnx.AttributeProto:
-        ap = onnx.AttributeProto(name=a.name, type=int(a.type), doc_string=a.doc_string)
+        ap = onnx.AttributeProto(name=a.name, type=int(a.type))
+        _set(ap, doc_string=a.doc_string)
         if a.ref_attr_name is not None:
             ap.ref_attr_name = a.ref_attr_name
             return ap
@@ -662,7 +686,8 @@ class _Writer:
         return ap
 
     def tensor(self, t: Tensor, name: str, *, inline: bool = False) -> onnx.TensorProto:
-        tp = onnx.TensorProto(name=name, data_type=int(t.dtype), doc_string=t.doc_string)
+        tp = onnx.TensorProto(data_type=int(t.dtype))
+        _set(tp, name=name, doc_string=t.doc_string)
         tp.dims.extend(t.shape)
         _put_props(tp.metadata_props, t.metadata_props)
         if t.dtype is DType.STRING:
@@ -714,6 +739,13 @@ def _type_proto(t: ValueType | None) -> onnx.TypeProto:
         if t.value is not None:
             tp.map_type.value_type.CopyFrom(_type_proto(t.value))
     return tp
+
+
+def _set(msg: object, **fields: object) -> None:
+    """Set only non-empty fields: ONNX protos are proto2, where assigning "" still marks a field present."""
+    for k, v in fields.items():
+        if v:
+            setattr(msg, k, v)
 
 
 def _encode(s: str | bytes) -> bytes:
