@@ -203,3 +203,24 @@ def test_tensor_storage_of_exotic_types() -> None:
     assert unpack_storage(t.raw_bytes(), DType.INT4, (3,)).tolist() == [1, -2, 7]
     bf = Tensor(np.array([0x3F80], np.uint16), DType.BFLOAT16)  # 1.0 in bfloat16
     assert bf.nbytes == 2 and bf.numpy().dtype == np.uint16
+
+
+def test_networkx_view_and_analyses() -> None:
+    from qcompiler.ir.analysis import ancestors, dominators, match_chains, regions, to_networkx
+
+    g = parse_graph("graph g (%x: f32[1,3,8,8]) -> () {\n  init %w: f32[1] = tensor<f32[1]>[0.0]\n}")
+    x = g.inputs[0]
+    conv = g.append(Node("Conv", [x, g.initializers["w"]], 1, name="conv"))
+    bn = g.append(Node("BatchNormalization", [conv.outputs[0]], 1, name="bn"))
+    relu = g.append(Node("Relu", [bn.outputs[0]], 1, name="relu"))
+    side = g.append(Node("Sigmoid", [conv.outputs[0]], 1, name="side"))
+    add = g.append(Node("Add", [relu.outputs[0], side.outputs[0]], 1, name="add"))
+    g.outputs = [add.outputs[0]]
+    nxg = to_networkx(g)
+    assert nxg.number_of_nodes() == 5 and nxg.number_of_edges() == 5
+    assert ancestors(g, add) == {conv, bn, relu, side}
+    assert dominators(g)[add] is conv
+    # conv's output has two readers, so Conv->BN is not a single-use chain; BN->Relu is.
+    assert match_chains(g, ["Conv", "BatchNormalization"]) == []
+    assert match_chains(g, ["BatchNormalization", "Relu"]) == [[bn, relu]]
+    assert regions(g, lambda n: n.op_type in ("Relu", "Add", "Sigmoid")) == [[relu, side, add]]
