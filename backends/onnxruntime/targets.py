@@ -1,0 +1,138 @@
+"""The ONNX Runtime CPU targets: `cpu-int8` (static) and `cpu-int8-dynamic`.
+
+`kernels` lists the op types whose QDQ form ORT 1.32's CPU provider turns into an integer kernel (or runs on
+the integer tensor directly), as measured in FUSION.md; `assign_quant_types` quantizes no other op type for
+these targets, because a Q/DQ pair ORT does not fuse makes the op slower than float.
+"""
+
+from __future__ import annotations
+
+from qcompiler.recipe import CalibrationSection, PassSpec, QuantizeSection, Recipe, TensorSpec
+from qcompiler.targets import Target, register_target
+
+BACKEND = "onnxruntime"
+
+_DROP = "Q/DQ dropped by ORT: runs on the 8-bit tensor with the input's scale"
+
+# Op type -> how ORT runs it quantized (FUSION.md has the measurements behind each line).
+STATIC_KERNELS: dict[str, str] = {
+    "Conv": "QLinearConv (int8 weights per tensor or per output channel, int32 bias); "
+            "com.microsoft.QLinearConv in NHWC at optimization level all",
+    "MatMul": "QLinearMatMul (weights per tensor or per output column); MatMulIntegerToFloat when the output "
+              "is not quantized; also two quantized activations (attention scores)",
+    "Gemm": "com.microsoft.QGemm (int8 weights per tensor or per output channel, int32 bias; float output "
+            "when the output is not quantized)",
+    "Add": "com.microsoft.QLinearAdd",
+    "Mul": "com.microsoft.QLinearMul",
+    "Concat": "com.microsoft.QLinearConcat",
+    "GlobalAveragePool": "com.microsoft.QLinearGlobalAveragePool",
+    "AveragePool": "com.microsoft.QLinearAveragePool",
+    "Sigmoid": "com.microsoft.QLinearSigmoid",
+    "LeakyRelu": "com.microsoft.QLinearLeakyRelu",
+    "Softmax": "com.microsoft.QLinearSoftmax",
+    "Where": "com.microsoft.QLinearWhere",
+    "MaxPool": _DROP,
+    "Reshape": _DROP,
+    "Transpose": _DROP,
+    "Flatten": _DROP,
+    "Squeeze": _DROP,
+    "Unsqueeze": _DROP,
+    "Slice": _DROP,
+    "Gather": _DROP,
+    "Split": _DROP,
+    "Expand": _DROP,
+    "Tile": _DROP,
+    "Resize": _DROP,
+    "DepthToSpace": _DROP,
+    "Relu": "removed: the producer's output quantization clamps at 0 (zero point = qmin)",
+    "Clip": "removed when the output quantization clamps to the same range; otherwise it stays a float op "
+            "between DQ and Q (and ORT fuses a Conv+Clip with no Q between them into a float FusedConv)",
+}
+
+DYNAMIC_KERNELS: dict[str, str] = {
+    "MatMul": "com.microsoft.DynamicQuantizeMatMul: activations quantized to uint8 per tensor at run time, "
+              "int8 weights per output column",
+    "Gemm": "com.microsoft.DynamicQuantizeMatMul with its bias input (weights laid out [K, N])",
+}
+
+_NOT_FUSED = ("ConvTranspose, Sub, Div, Tanh, HardSigmoid, HardSwish, Pad, GlobalMaxPool, SpaceToDepth, "
+              "ReduceMean, LayerNormalization and InstanceNormalization have no QDQ fusion in ORT 1.32's CPU "
+              "provider: they stay float")
+
+STATIC_NOTES = (
+    "activations uint8 (affine), weights int8 (symmetric): on x86 ORT's integer GEMMs are u8 x s8 "
+    "(VNNI/AMX); s8 x s8 falls back to a generic kernel: on a 1024^3 MatMul, one thread, about 18 GOP/s "
+    "against 900-1300 GOP/s for u8 x s8 and 90 GOP/s for float (FUSION.md; kernel_bench measures a machine)",
+    "int8 activations in QDQ form are rewritten by ORT to uint8 (zero point + 128) only where the QuantizeLinear "
+    "has a single DequantizeLinear reader; an int8 activation read by two ops (or also a graph output) "
+    "leaves both readers in float",
+    "per-channel weights fuse for Conv, MatMul (per-column scales) and Gemm alike: no speed cost",
+    "on x86 without VNNI (AVX2 only) u8 x s8 products can saturate vpmaddubsw's 16-bit sums; 7-bit weights "
+    "avoid it there",
+    _NOT_FUSED,
+)
+
+DYNAMIC_NOTES = (
+    "no calibration: each MatMul/Gemm input is quantized per tensor (uint8, affine) when it runs, so ranges "
+    "follow the data; the rest of the model stays float (for transformers, where static ranges lose accuracy)",
+    "weights int8 symmetric per output column, stored quantized (4x smaller than float)",
+)
+
+
+def static_recipe() -> Recipe:
+    return Recipe(
+        target="cpu-int8",
+        quantize=QuantizeSection(
+            op_types=tuple(STATIC_KERNELS),
+            activations=TensorSpec("uint8", "affine", "per_tensor", observer="minmax"),
+            weights=TensorSpec("int8", "symmetric", "per_channel", observer="minmax"),
+        ),
+        calibration=CalibrationSection(samples=128, holdout=8, batch_size=1),
+        passes=(
+            PassSpec("canonicalize"),
+            PassSpec("assign_quant_types"),
+            PassSpec("calibrate"),
+            PassSpec("lower_qdq"),
+        ),
+    )
+
+
+def dynamic_recipe() -> Recipe:
+    return Recipe(
+        target="cpu-int8-dynamic",
+        quantize=QuantizeSection(
+            op_types=tuple(DYNAMIC_KERNELS),
+            activations=None,
+            weights=TensorSpec("int8", "symmetric", "per_channel", observer="minmax"),
+            dynamic=True,
+        ),
+        # `calibrate` here only measures the weights' scales from their values: no data is read (the target is
+        # not static), and lower_qdq needs those scales to store the weights quantized.
+        passes=(
+            PassSpec("canonicalize"),
+            PassSpec("assign_quant_types"),
+            PassSpec("calibrate"),
+            PassSpec("lower_qdq"),
+        ),
+    )
+
+
+CPU_INT8 = register_target(Target(
+    name="cpu-int8",
+    backend=BACKEND,
+    description="ONNX Runtime CPU, static int8 QDQ (uint8 activations, int8 per-channel weights)",
+    static=True,
+    default_recipe=static_recipe(),
+    kernels=dict(STATIC_KERNELS),
+    notes=STATIC_NOTES,
+))
+
+CPU_INT8_DYNAMIC = register_target(Target(
+    name="cpu-int8-dynamic",
+    backend=BACKEND,
+    description="ONNX Runtime CPU, dynamic int8 MatMul/Gemm (activations quantized at run time)",
+    static=False,
+    default_recipe=dynamic_recipe(),
+    kernels=dict(DYNAMIC_KERNELS),
+    notes=DYNAMIC_NOTES,
+))
