@@ -3,6 +3,7 @@
     model = qcompiler.load("model.onnx")             # or load(torch_module, example_inputs=...)
     outputs = qcompiler.run(model, {"input": x})     # the torch executor of the IR
     qcompiler.save(model, "copy.onnx")
+    art = qcompiler.compile("model.onnx", target="cpu-int8", calib="calib.npz", output="model.int8.onnx")
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .ir import Graph, Model
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["Graph", "Model", "QCompilerError", "load", "run", "save"]
+__all__ = ["Graph", "Model", "QCompilerError", "compile", "load", "run", "save"]
 __version__ = "0.1.0"
 
 
@@ -61,6 +62,13 @@ def run(model: Model | Graph, feeds: dict[str, np.ndarray], **kwargs: Any) -> di
     from .runtime import run as _run
 
     return _run(model, feeds, **kwargs)
+
+
+def compile(model: Any, *, target: str, **kwargs: Any) -> Any:  # noqa: A001 - the product's verb
+    """Quantize `model` for `target`; see `qcompiler.compiler.compile`. Returns an `Artifact`."""
+    from .compiler import compile as _compile
+
+    return _compile(model, target=target, **kwargs)
 
 
 def _is_torch_module(obj: object) -> bool:

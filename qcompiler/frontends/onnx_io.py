@@ -274,8 +274,12 @@ class _Reader:
         g.outputs = outs
         # value_info entries that name inputs/initializers (allowed, rare): keep them.
         for name, vi in value_info.items():
-            if name not in produced and name in scope and vi.HasField("type"):
-                scope[name].meta["value_info_type"] = self.type(vi.type)
+            if name not in produced and name in scope:
+                scope[name].meta["value_info"] = (
+                    self.type(vi.type) if vi.HasField("type") else None,
+                    vi.doc_string,
+                    {p.key: p.value for p in vi.metadata_props},
+                )
         return g
 
     def value_from_info(self, vi: onnx.ValueInfoProto) -> Value:
@@ -589,8 +593,12 @@ class _Writer:
         for v in g.initializers.values():
             assert v.const is not None
             gp.initializer.append(self.tensor(v.const, v.name))
-            if id(v) not in input_ids and "value_info_type" in v.meta:
-                gp.value_info.append(_value_info(v.name, v.meta["value_info_type"]))
+            if id(v) not in input_ids and "value_info" in v.meta:
+                vtype, doc, props = v.meta["value_info"]
+                vi = _value_info(v.name, vtype)
+                _set(vi, doc_string=doc)
+                _put_props(vi.metadata_props, props)
+                gp.value_info.append(vi)
         for o in g.opaque:
             if o.kind == "sparse_initializer":
                 gp.sparse_initializer.add().ParseFromString(o.data)
