@@ -62,6 +62,7 @@ class LowerQDQ(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         graph = model.graph
+        dequantized: dict[str, str] = {}  # value -> its dequantized copy, for the report
         lowered: dict[str, str] = ctx.artifacts.setdefault("lowered", {})
         typed = [v for v in graph.values() if v.quant is not None]
         if not typed:
@@ -86,9 +87,15 @@ class LowerQDQ(Pass):
             self._weight(graph, v)
         for v in [v for v in graph.values() if v.quant is not None]:
             if v.uses:  # a value only the graph returns needs no pair: nothing reads its dequantized copy
-                self._activation(graph, v)
+                self._activation(graph, v, dequantized)
         for v in graph.values():
             v.quant = None
+        # value name -> the name of what its readers see now (its dequantized copy): the report compares
+        # a layer's float output with that.
+        seen = ctx.artifacts.setdefault("dequantized", {})
+        seen.update(dequantized)
+        for y, x in ctx.artifacts.get("folded_into", {}).items():
+            seen[y] = dequantized.get(x, x)
         for v in list(graph.initializers.values()):  # scales of folded activations, float weights replaced
             if not v.uses and not v.is_graph_input and not v.is_graph_output():
                 graph.remove_initializer(v)
@@ -119,6 +126,7 @@ class LowerQDQ(Pass):
             x.quant = y.quant
             y.replace_all_uses_with(x)
             graph.erase(node)
+            ctx.artifacts.setdefault("folded_into", {})[y.name] = x.name
             ctx.decide(self.name, node.label(), "folded", "into the quantization of its input")
 
     # -- weights, biases, activations -----------------------------------------------------------------
@@ -171,7 +179,7 @@ class LowerQDQ(Pass):
         if not b.uses and not b.is_graph_output() and not b.is_graph_input:
             graph.remove_initializer(b)
 
-    def _activation(self, graph: Graph, v: Value) -> None:
+    def _activation(self, graph: Graph, v: Value, dequantized: dict[str, str]) -> None:
         q = v.quant
         assert q is not None
         if q.scale is None:
@@ -195,6 +203,7 @@ class LowerQDQ(Pass):
         for n, i in readers:
             n.set_input(i, dv)
         v.quant = None
+        dequantized[v.name] = dv.name
 
     # -- dynamic -------------------------------------------------------------------------------------
     def _dynamic_matmul(self, model: Model, node: Node, ctx: PassContext) -> None:

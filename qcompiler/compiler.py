@@ -179,7 +179,11 @@ def compile(  # noqa: A001 - the product's verb
         from .calibration import load_calibration
 
         cal_all = load_calibration(calib, ir.graph.inputs, samples=rec.calibration.samples)
-        cal_set, held = cal_all.split(rec.calibration.holdout) if rec.calibration.holdout else (cal_all, None)
+        holdout = rec.calibration.holdout
+        n = getattr(cal_all, "length", None)
+        if n is not None:
+            holdout = min(holdout, n // 4)  # a small set keeps most of its samples for calibration
+        cal_set, held = cal_all.split(holdout) if holdout else (cal_all, None)
     ctx = PassContext(
         options={"recipe": rec, "calib_batch_size": rec.calibration.batch_size},
         calibration=cal_set, target=tgt, progress=opts.progress,

@@ -66,25 +66,37 @@ class ErrorAccumulator:
 
 
 def layer_sqnr(
-    float_model: Model, quant_model: Model, value_names: Iterable[str], samples: Iterable[dict[str, np.ndarray]]
+    float_model: Model,
+    quant_model: Model,
+    value_names: Iterable[str],
+    samples: Iterable[dict[str, np.ndarray]],
+    quantized_name: dict[str, str] | None = None,
 ) -> dict[str, ErrorAccumulator]:
-    """SQNR of the named values, float graph vs quantized graph (both run by the executor) on `samples`."""
+    """SQNR of the named float values against their counterparts in the quantized graph (`quantized_name`
+    maps a float value to the quantized graph's value holding it, e.g. its dequantized copy), both graphs
+    run by the executor on `samples`."""
     from .runtime import Executor
 
-    names = [n for n in dict.fromkeys(value_names)]
+    qname = quantized_name or {}
     fe, qe = Executor(float_model), Executor(quant_model)
     f_vals = {v.name for v in float_model.graph.values()}
     q_vals = {v.name for v in quant_model.graph.values()}
-    names = [n for n in names if n in f_vals and n in q_vals]
-    acc = {n: ErrorAccumulator() for n in names}
+    pairs = {n: qname.get(n, n) for n in dict.fromkeys(value_names)}
+    pairs = {f: q for f, q in pairs.items() if f in f_vals and q in q_vals}
+    back = {q: f for f, q in pairs.items()}
+    acc = {n: ErrorAccumulator() for n in pairs}
     captured: dict[str, np.ndarray] = {}
 
     def grab(value: Any, tensor: Any) -> None:
         captured[value.name] = tensor.detach().cpu().numpy().copy()
 
-    hf = fe.add_hook(names, grab)
-    hq = qe.add_hook(names, lambda v, t: acc[v.name].add(captured.get(v.name), t.detach().cpu().numpy())
-                     if v.name in captured else None)
+    def compare(value: Any, tensor: Any) -> None:
+        f = back[value.name]
+        if f in captured:
+            acc[f].add(captured[f], tensor.detach().cpu().numpy())
+
+    hf = fe.add_hook(list(pairs), grab)
+    hq = qe.add_hook(list(back), compare)
     try:
         for feeds in samples:
             captured.clear()
@@ -216,19 +228,21 @@ def build_report(
     quantized_nodes = [d.subject for d in ctx.decisions if d.pass_name == "assign_quant_types"
                        and d.action == "quantized"]
     by_label = {n.label(): n for n in float_model.graph.nodes}
-    layer_values = {}
-    for label in quantized_nodes:
-        n = by_label.get(label)
-        if n is not None and n.outputs:
-            layer_values[n.outputs[0].name] = n
-    acc = layer_sqnr(float_model, quant_model, layer_values, samples)
+    # A layer whose activation (Relu/Clip) was folded into its output quantization is measured after the
+    # activation: that is what its quantized output stands for.
+    after_act = {x: y for y, x in ctx.artifacts.get("folded_into", {}).items()}
+    layer_nodes = [by_label[label] for label in quantized_nodes if label in by_label and by_label[label].outputs]
+    ref_name = {id(n): after_act.get(n.outputs[0].name, n.outputs[0].name) for n in layer_nodes}
+    acc = layer_sqnr(float_model, quant_model, ref_name.values(), samples, ctx.artifacts.get("dequantized"))
     lowered = ctx.artifacts.get("lowered", {})
     layers = []
-    for name, n in layer_values.items():
+    for n in layer_nodes:
         ends = [v for v in list(n.inputs) + list(n.outputs) if v is not None]
         quant = {v.name: lowered[v.name] for v in ends if v.name in lowered}
-        a = acc.get(name)
-        layers.append(LayerEntry(n.name or name, n.op_type, quant, a.sqnr_db if a else None, "quantized", ""))
+        a = acc.get(ref_name[id(n)])
+        note = f"measured after {ref_name[id(n)]}" if ref_name[id(n)] != n.outputs[0].name else ""
+        layers.append(LayerEntry(n.name or n.outputs[0].name, n.op_type, quant, a.sqnr_db if a else None,
+                                 "quantized", note))
     kept = [KeptFloat(d.subject, _op_of(d.subject), d.reason) for d in ctx.decisions
             if d.action == "kept float"]
     # Outputs with the backend runtime.
