@@ -13,6 +13,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from ..memory import HWM
+
 N_TENSORS = 3
 ROWS, COLS = 12_000, 16_384  # 786 MB of float32 each, 2.36 GB in all
 CHUNK_ROWS = 1_000
@@ -70,11 +72,11 @@ def test_over_2gb_round_trip_in_bounded_memory(tmp_path: Path) -> None:
     model, total = _write_model(src_dir)
     assert total > 2**31
     # Load and save in a fresh process so its peak RSS is the round trip's alone.
-    script = (
-        "import json, resource, qcompiler\n"
+    script = HWM + (
+        "import json, qcompiler\n"
         f"m = qcompiler.load({str(model)!r})\n"
         f"qcompiler.save(m, {str(out_dir / 'big.onnx')!r})\n"
-        "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        "print(json.dumps({'peak_rss_mb': _hwm()}))\n"
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     peak_mb = json.loads(res.stdout.strip().splitlines()[-1])["peak_rss_mb"]
