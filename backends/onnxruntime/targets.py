@@ -84,7 +84,9 @@ def static_recipe() -> Recipe:
         target="cpu-int8",
         quantize=QuantizeSection(
             op_types=tuple(STATIC_KERNELS),
-            activations=TensorSpec("uint8", "affine", "per_tensor", observer="minmax"),
+            # Percentile ranges: min-max lets a few outliers stretch the step of every value (on MobileNetV2,
+            # top-1 agreement with FP32 0.74 -> 0.86 with bias correction; bench/ptq_cpu.py).
+            activations=TensorSpec("uint8", "affine", "per_tensor", observer="percentile"),
             weights=TensorSpec("int8", "symmetric", "per_channel", observer="minmax"),
         ),
         calibration=CalibrationSection(samples=128, holdout=8, batch_size=1),
@@ -92,6 +94,7 @@ def static_recipe() -> Recipe:
             PassSpec("canonicalize"),
             PassSpec("assign_quant_types"),
             PassSpec("calibrate"),
+            PassSpec("bias_correction"),
             PassSpec("lower_qdq"),
         ),
     )

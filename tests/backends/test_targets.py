@@ -24,8 +24,9 @@ def test_cpu_int8_is_static_u8_activations_s8_per_channel_weights():
     q = t.default_recipe.quantize
     assert (q.activations.format, q.activations.scheme, q.activations.granularity) == ("uint8", "affine", "per_tensor")
     assert (q.weights.format, q.weights.scheme, q.weights.granularity) == ("int8", "symmetric", "per_channel")
-    assert not q.dynamic
-    assert [p.name for p in t.default_recipe.passes] == ["canonicalize", "assign_quant_types", "calibrate", "lower_qdq"]
+    assert not q.dynamic and q.activations.observer == "percentile"
+    assert [p.name for p in t.default_recipe.passes] == [
+        "canonicalize", "assign_quant_types", "calibrate", "bias_correction", "lower_qdq"]
     assert t.default_recipe.target == "cpu-int8"
     assert any("u8 x s8" in n for n in t.notes)
 
