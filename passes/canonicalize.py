@@ -7,6 +7,7 @@ MatMul weight constant, a removed Identity puts a BatchNormalization right after
 2. `remove_identity`  Identity and inference Dropout gone
 3. `fold_batchnorm`   BatchNormalization folded into the Conv/Gemm/MatMul before it
 4. `fuse_matmul_add`  MatMul + bias Add marked as linear layers (Gemm for 2-D inputs)
+5. `normalize_ops`    ops rewritten into the equivalent form with an integer kernel (ReduceMean -> GlobalAveragePool)
 
 Each step is also a pass of its own, usable alone in a recipe. Each step's time is added to
 `ctx.timings` under `canonicalize/<step>`. Decisions: every edit of every round, and the declines of
@@ -24,9 +25,10 @@ from qcompiler.pipeline import Decision, Pass, PassContext, PassResult, register
 from .fold_batchnorm import FoldBatchNorm
 from .fold_constants import FoldConstants
 from .fuse_matmul_add import FuseMatMulAdd
+from .normalize_ops import NormalizeOps
 from .remove_identity import RemoveIdentity
 
-STEPS: tuple[type[Pass], ...] = (FoldConstants, RemoveIdentity, FoldBatchNorm, FuseMatMulAdd)
+STEPS: tuple[type[Pass], ...] = (FoldConstants, RemoveIdentity, FoldBatchNorm, FuseMatMulAdd, NormalizeOps)
 STATE_ACTIONS = frozenset({"kept", "paired"})  # decisions describing the graph as it is, not an edit
 
 
@@ -47,7 +49,7 @@ class CanonicalizeOptions:
 
 @register_pass
 class Canonicalize(Pass):
-    """fold_constants, remove_identity, fold_batchnorm, fuse_matmul_add to a fixed point."""
+    """fold_constants, remove_identity, fold_batchnorm, fuse_matmul_add, normalize_ops to a fixed point."""
 
     name = "canonicalize"
     ensures = ("canonical",) + tuple(e for step in STEPS for e in step.ensures)
@@ -55,7 +57,8 @@ class Canonicalize(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: CanonicalizeOptions = self.options()
-        steps = [FoldConstants(max_bytes=opts.fold_max_bytes), RemoveIdentity(), FoldBatchNorm(), FuseMatMulAdd()]
+        steps = [FoldConstants(max_bytes=opts.fold_max_bytes), RemoveIdentity(), FoldBatchNorm(), FuseMatMulAdd(),
+                 NormalizeOps()]
         modified = False
         done: list[Decision] = []
         state: list[Decision] = []
