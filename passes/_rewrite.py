@@ -1,11 +1,9 @@
 """Small graph-editing helpers shared by the canonicalize passes (fold_constants, fold_batchnorm,
 remove_identity, fuse_matmul_add).
 
-Every edit of use lists goes through the IR's API (`replace_all_uses_with`, `set_input`, `erase`,
-`remove_initializer`). Two helpers edit lists the API does not cover: `erase_nodes` rebuilds `graph.nodes` in
-one sweep (`Graph.erase` looks its node up by a linear scan: erasing thousands of dead nodes one by one on an
-LLM graph would be quadratic), and `replace_uses` also rewrites the output lists of If/Loop/Scan bodies that
-return the replaced value directly (`replace_all_uses_with` only rewrites the owning graph's outputs).
+Every edit of use lists goes through the IR's API (`replace_all_uses_with`, `set_input`, `erase_many`,
+`remove_initializer`); the helpers here add what the passes share on top of it (constness checks, dims,
+dead-code removal, decisions' subjects).
 """
 
 from __future__ import annotations
@@ -96,18 +94,12 @@ def returned_by_subgraphs(graph: Graph) -> set[int]:
 
 
 def replace_uses(graph: Graph, old: Value, new: Value, returned: set[int]) -> None:
-    """`old.replace_all_uses_with(new)`, and also in the output lists of subgraphs that return `old` directly
-    (which `replace_all_uses_with` leaves alone). `returned` is `returned_by_subgraphs(graph)`, computed once
-    per pass: graphs without control flow pay nothing here."""
+    """`old.replace_all_uses_with(new)` (which also rewrites subgraph bodies that return `old` directly).
+    `returned` (ids of values subgraphs return, from `returned_by_subgraphs`) is kept up to date for callers
+    that consult it."""
     old.replace_all_uses_with(new)
-    if id(old) not in returned:
-        return
-    for n in graph.nodes:
-        for sub in n.subgraphs():
-            for g in sub.all_graphs():
-                if any(v is old for v in g.outputs):
-                    g.outputs = [new if v is old else v for v in g.outputs]
-    returned.add(id(new))
+    if id(old) in returned:
+        returned.add(id(new))
 
 
 def adopt_name(keep: Value, gone: Value) -> None:
@@ -123,35 +115,8 @@ def adopt_name(keep: Value, gone: Value) -> None:
 
 
 def erase_nodes(graph: Graph, nodes: Iterable[Node]) -> int:
-    """Remove `nodes` from `graph` in one sweep (what `Graph.erase` does for one node). Their outputs must be
-    unread except by other nodes being removed, and none may be a graph output."""
-    doomed = {id(n): n for n in nodes}
-    if not doomed:
-        return 0
-    outputs = {id(v) for v in graph.outputs}
-    for n in doomed.values():
-        for v in n.outputs:
-            if id(v) in outputs:
-                raise ValueError(f"cannot erase {n.label()}: %{v.name} is a graph output")
-            for user, _ in v.uses:
-                if id(_top_node(user, graph)) not in doomed:
-                    raise ValueError(f"cannot erase {n.label()}: %{v.name} is used by {user.label()}")
-    for n in doomed.values():
-        n.detach_inputs()
-        for sub in n.subgraphs():  # readers inside a removed body must leave the use lists of outer values
-            for inner in sub.all_nodes():
-                inner.detach_inputs()
-        n.graph = None
-    # Direct list rebuild: see the module doc (one O(N) sweep instead of one O(N) scan per node).
-    graph.nodes = [n for n in graph.nodes if id(n) not in doomed]
-    return len(doomed)
-
-
-def _top_node(node: Node, graph: Graph) -> Node:
-    """The node of `graph` that holds `node` (itself, or the If/Loop/Scan whose body contains it)."""
-    while node.graph is not None and node.graph is not graph and node.graph.parent is not None:
-        node = node.graph.parent
-    return node
+    """Remove `nodes` from `graph` in one sweep: `Graph.erase_many`."""
+    return graph.erase_many(nodes)
 
 
 def remove_dead(graph: Graph) -> tuple[int, int]:

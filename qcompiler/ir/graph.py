@@ -328,24 +328,37 @@ class Graph:
         node.detach_inputs()
         node.graph = None
 
-    def erase_many(self, nodes: Iterable[Node]) -> None:
+    def erase_many(self, nodes: Iterable[Node]) -> int:
         """Erase several nodes in one sweep (linear, where repeated `erase` would be quadratic). Refuses,
-        naming the reader, if an output is read by a node that is not being erased or is a graph output."""
+        naming the reader, if an output is a graph output or is read by a node that is not being erased
+        (a reader inside the body of an erased If/Loop/Scan counts as erased). Returns how many."""
         doomed = {id(n): n for n in nodes}
+        if not doomed:
+            return 0
         outs = {id(v) for v in self.outputs}
         for n in doomed.values():
             if n.graph is not self:
                 raise ValueError(f"{n.label()} is not in graph {self.name!r}")
             for v in n.outputs:
-                for user, _ in v._uses:
-                    if id(user) not in doomed:
-                        raise ValueError(f"cannot erase {n.label()}: %{v.name} is used by {user.label()}")
                 if id(v) in outs:
                     raise ValueError(f"cannot erase {n.label()}: %{v.name} is a graph output")
-        self.nodes = [n for n in self.nodes if id(n) not in doomed]
+                for user, _ in v._uses:
+                    if id(self._holder(user)) not in doomed:
+                        raise ValueError(f"cannot erase {n.label()}: %{v.name} is used by {user.label()}")
         for n in doomed.values():
             n.detach_inputs()
+            for sub in n.subgraphs():  # readers inside an erased body leave the use lists of outer values
+                for inner in sub.all_nodes():
+                    inner.detach_inputs()
             n.graph = None
+        self.nodes = [n for n in self.nodes if id(n) not in doomed]
+        return len(doomed)
+
+    def _holder(self, node: Node) -> Node:
+        """The node of this graph that holds `node`: itself, or the If/Loop/Scan whose body contains it."""
+        while node.graph is not None and node.graph is not self and node.graph.parent is not None:
+            node = node.graph.parent
+        return node
 
     def _index(self, node: Node) -> int:
         for i, n in enumerate(self.nodes):
