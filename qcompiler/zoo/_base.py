@@ -166,6 +166,12 @@ def read_meta(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "meta.json").read_text())
 
 
+def read_data(folder: Path) -> dict[str, np.ndarray]:
+    """Every array of the model's ``data.npz`` (read on each call: small, and nothing stays in memory)."""
+    with np.load(folder / "data.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
 # --------------------------------------------------------------------------------------------------
 # helpers for the model modules
 

@@ -27,6 +27,7 @@ from qcompiler.zoo._base import (
     batches,
     logger,
     progress_bar,
+    read_data,
     read_meta,
     single_output,
     write_meta,
@@ -132,11 +133,9 @@ def build(folder: Path) -> None:
 
 def load(folder: Path) -> ZooModel:
     meta = read_meta(folder)
-    data_path = folder / "data.npz"
 
     def data() -> dict[str, np.ndarray]:
-        with np.load(data_path) as z:
-            return {k: z[k] for k in z.files}
+        return read_data(folder)
 
     def calibration(n: int, batch_size: int) -> list[Feed]:
         x = data()["x_train"]

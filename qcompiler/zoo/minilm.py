@@ -42,6 +42,7 @@ from qcompiler.zoo._base import (
     offline_hub,
     progress_bar,
     quiet_library,
+    read_data,
     read_meta,
     single_output,
     write_meta,
@@ -209,11 +210,9 @@ def _score(q: np.ndarray, d: np.ndarray, ref_q: np.ndarray, ref_d: np.ndarray) -
 
 def load(folder: Path) -> ZooModel:
     meta = read_meta(folder)
-    data_path = folder / "data.npz"
 
     def data() -> dict[str, np.ndarray]:
-        with np.load(data_path) as z:
-            return {k: z[k] for k in z.files}
+        return read_data(folder)
 
     def calibration(n: int, batch_size: int) -> list[Feed]:
         d = data()
