@@ -16,11 +16,11 @@ int8 a zero point is comes from the IR type (`ctx.in_dtype`).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ...ir import DType
 from ..dtypes import FLOAT8, cast, ir_dtype, torch_dtype
 from ..registry import OpContext, register
+from .nn import conv as float_conv
 
 _RANGE = {
     DType.UINT8: (0, 255),
@@ -280,57 +280,6 @@ def dynamic_quantize_matmul(
 
 
 # ---------------------------------------------------------------------------------------------- integer conv
-def _conv_pads(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    auto_pad: str,
-    pads: list[int] | None,
-    strides: list[int],
-    dilations: list[int],
-) -> list[int]:
-    """ONNX pads [x1_begin, x2_begin, ..., x1_end, x2_end] after auto_pad."""
-    nd = x.dim() - 2
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        begin, end = [], []
-        for i in range(nd):
-            size, k = x.shape[2 + i], w.shape[2 + i]
-            out = -(-size // strides[i])
-            total = max((out - 1) * strides[i] + (k - 1) * dilations[i] + 1 - size, 0)
-            small = total // 2
-            b = small if auto_pad == "SAME_UPPER" else total - small
-            begin.append(b)
-            end.append(total - b)
-        return begin + end
-    if auto_pad == "VALID":
-        return [0] * (2 * nd)
-    return list(pads) if pads else [0] * (2 * nd)
-
-
-def _conv(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    *,
-    auto_pad: str,
-    dilations: list[int] | None,
-    group: int,
-    pads: list[int] | None,
-    strides: list[int] | None,
-) -> torch.Tensor:
-    nd = x.dim() - 2
-    strides = list(strides) if strides else [1] * nd
-    dilations = list(dilations) if dilations else [1] * nd
-    p = _conv_pads(x, w, auto_pad, pads, strides, dilations)
-    begin, end = p[:nd], p[nd:]
-    if begin != end:
-        flat: list[int] = []
-        for i in reversed(range(nd)):
-            flat += [begin[i], end[i]]
-        x = F.pad(x, flat)
-        begin = [0] * nd
-    fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
-    return fn(x, w, None, stride=strides, padding=begin, dilation=dilations, groups=group)
-
-
 def _shift_w(w: torch.Tensor, zp: torch.Tensor | None) -> torch.Tensor:
     v = _int(w)
     if zp is not None:
@@ -356,15 +305,9 @@ def conv_integer(
 ) -> torch.Tensor:
     # Shifting by the zero point first makes the zero padding equal ORT's padding with the zero point.
     xs = _shifted(x, None if x_zero_point is None else x_zero_point.reshape(()), False)
-    acc = _conv(
-        xs,
-        _shift_w(w, w_zero_point),
-        auto_pad=auto_pad,
-        dilations=dilations,
-        group=group,
-        pads=pads,
-        strides=strides,
-    )
+    # The float convolution on exact integers (float64 holds every int8 x uint8 sum of a real layer).
+    acc = float_conv(ctx, xs, _shift_w(w, w_zero_point), None, auto_pad=auto_pad, dilations=dilations,
+                     group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
     return acc.to(torch.int32)
 
 
@@ -389,15 +332,9 @@ def qlinear_conv(
     strides: list[int] | None = None,
 ) -> torch.Tensor:
     xs = _shifted(x, x_zero_point.reshape(()), False)
-    acc = _conv(
-        xs,
-        _shift_w(w, w_zero_point),
-        auto_pad=auto_pad,
-        dilations=dilations,
-        group=group,
-        pads=pads,
-        strides=strides,
-    )
+    # The float convolution on exact integers (float64 holds every int8 x uint8 sum of a real layer).
+    acc = float_conv(ctx, xs, _shift_w(w, w_zero_point), None, auto_pad=auto_pad, dilations=dilations,
+                     group=group, kernel_shape=kernel_shape, pads=pads, strides=strides)
     shape = [1, -1] + [1] * (x.dim() - 2)
     if B is not None:
         acc = acc + B.to(torch.float64).reshape(shape)
