@@ -207,12 +207,20 @@ class LowerQDQ(Pass):
 
     # -- dynamic -------------------------------------------------------------------------------------
     def _dynamic_matmul(self, model: Model, node: Node, ctx: PassContext) -> None:
-        """MatMul/Gemm with a quantized constant weight -> DynamicQuantizeMatMul(A, B_q, b_scale, b_zp, bias)."""
+        """MatMul/Gemm with a quantized constant weight -> DynamicQuantizeMatMul(A, B_q, b_scale, b_zp, bias).
+
+        A MatMul's bias Add (`node.meta["bias"]`, paired by fuse_matmul_add) goes into the bias input when it
+        is still the MatMul's only reader and adds a constant float32 vector along the last axis: ORT adds it
+        in the GEMM's output stage instead of a separate pass over the output. The new output takes the
+        MatMul output's name (the layer the report measures) and reaches the Add's readers; the report is told
+        (`folded_into`) to compare it with the float model's Add output. When the Add output is a graph output
+        it keeps that name instead."""
         graph = model.graph
         x, w = node.inputs[0], node.inputs[1]
         if w is None or w.const is None or w.quant is None or w.quant.scale is None:
             return
         bias = None
+        add: Node | None = None
         if node.op_type == "Gemm":
             if node.attr("transA", 0) or node.attr("alpha", 1.0) != 1.0 or node.attr("beta", 1.0) != 1.0:
                 ctx.decide(self.name, node.label(), "kept float", "Gemm with transA/alpha/beta has no dynamic form")
@@ -239,6 +247,13 @@ class LowerQDQ(Pass):
         b_arr = np.ascontiguousarray(qarr).astype(dtype.storage)
         b_q = graph.make_initializer(f"{w.name}_quantized", Tensor(b_arr, dtype))
         n = qarr.shape[1]
+        if node.op_type == "MatMul":
+            from ._bias_pairing import paired_bias
+
+            paired = paired_bias(graph, node, n)
+            if paired is not None:
+                add, vec = paired
+                bias = graph.make_initializer(f"{add.name or node.name or 'matmul'}_bias", Tensor(vec))
         s = scale.reshape(-1) if scale.size == n else scale.reshape(())
         s_v = graph.make_initializer(f"{w.name}_scale", Tensor(s.astype(np.float32)))
         z = np.zeros(s.shape, dtype.storage) if zp is None else np.asarray(zp).reshape(s.shape).astype(dtype.storage)
@@ -249,17 +264,27 @@ class LowerQDQ(Pass):
         new = Node("DynamicQuantizeMatMul", inputs, 1, domain=MS_DOMAIN,
                    name=graph.fresh_name(f"{node.name or 'matmul'}_dyn"))
         graph.insert_before(node, new)
-        new.outputs[0].type = node.outputs[0].type
-        node.outputs[0].replace_all_uses_with(new.outputs[0])
-        # Keep the output's name (graph outputs and report keys stay stable).
+        # With a folded bias the new node replaces the Add's output (what the readers see), else the MatMul's.
+        gone = add.outputs[0] if add is not None else node.outputs[0]
+        new.outputs[0].type = gone.type
+        gone.replace_all_uses_with(new.outputs[0])
+        # Keep the MatMul output's name (report keys stay stable), or the Add's when it is a graph output.
         old_name = node.outputs[0].name
+        if add is not None:
+            graph.erase(add)
+            if any(v is new.outputs[0] for v in graph.outputs):
+                old_name = gone.name
+            else:
+                ctx.artifacts.setdefault("folded_into", {})[gone.name] = old_name
         graph.erase(node)
         new.outputs[0].name = old_name
         w.quant = None
         if not w.uses and not w.is_graph_output() and not w.is_graph_input:
             graph.remove_initializer(w)
         model.opset_imports.setdefault(MS_DOMAIN, 1)
-        ctx.decide(self.name, new.label(), "lowered", "DynamicQuantizeMatMul (u8 activations quantized at run time)")
+        folded = f"; bias {add.label()} folded into its bias input" if add is not None else ""
+        ctx.decide(self.name, new.label(), "lowered",
+                   f"DynamicQuantizeMatMul (u8 activations quantized at run time){folded}")
 
     @staticmethod
     def _check_opset(model: Model) -> None:
@@ -309,6 +334,7 @@ def _clip_bounds(node: Node) -> tuple[float | None, float]:
         elif i == 1:
             lo = default
     return lo, hi
+
 
 
 __all__ = ["LowerQDQ", "param_shape"]

@@ -168,14 +168,15 @@ def compile(  # noqa: A001 - the product's verb
     if dry_run:
         passes = passes[: _index_after(passes, "assign_quant_types")]
     cal_set = held = None
-    needs_data = any(p.name == "calibrate" for p in passes)
-    if needs_data and tgt.static:
-        if calib is None:
-            raise CalibrationError(
-                f"target {tgt.name} quantizes activations statically and needs calibration data: pass --calib "
-                "DATA (an .npz with arrays named after the inputs, a folder of .npz/.npy, or module:function); "
-                "--calib random runs a smoke test on random data"
-            )
+    needs_data = any(p.name == "calibrate" for p in passes) and tgt.static
+    if needs_data and calib is None:
+        raise CalibrationError(
+            f"target {tgt.name} quantizes activations statically and needs calibration data: pass --calib "
+            "DATA (an .npz with arrays named after the inputs, a folder of .npz/.npy, or module:function); "
+            "--calib random runs a smoke test on random data"
+        )
+    if calib is not None and not dry_run:
+        # Static targets calibrate on it; any target measures its report on the held-back part.
         from .calibration import load_calibration
 
         cal_all = load_calibration(calib, ir.graph.inputs, samples=rec.calibration.samples)

@@ -161,7 +161,9 @@ def random_samples(
             elif dt == np.bool_:
                 feeds[v.name] = np.ones(shape, dtype=dt)
             else:
-                feeds[v.name] = rng.integers(0, 100, size=shape).astype(dt)
+                # 0 and 1 are valid wherever an integer input indexes something (token ids, token types, a
+                # mask): larger values may run past a small embedding table.
+                feeds[v.name] = rng.integers(0, 2, size=shape).astype(dt)
         out.append(feeds)
     return out
 
