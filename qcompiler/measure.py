@@ -249,7 +249,9 @@ def build_report(
             if d.action == "kept float"]
     # Outputs with the backend runtime.
     threads = options.threads
-    f_run, q_run = OrtRunner(float_path, threads=threads), OrtRunner(quant_path, threads=threads)
+    # The two sessions take turns on the same cores: idle workers must sleep, not spin into the other's run.
+    f_run = OrtRunner(float_path, threads=threads, spinning=False)
+    q_run = OrtRunner(quant_path, threads=threads, spinning=False)
     out_acc = output_errors(f_run, q_run, samples)
     outputs = [OutputMetrics(k, a.sqnr_db, a.cosine, a.max_abs, a.mean_abs) for k, a in out_acc.items()]
     # Fusion: which Q/DQ pairs ORT turned into integer kernels.
