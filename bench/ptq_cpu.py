@@ -124,7 +124,8 @@ def build_contenders(name: str, zm: Any, work: Path, log: Any) -> dict[str, Path
     if name in TRANSFORMERS:
         q2 = work / f"{name}.ours_dynamic.onnx"
         out["ours_dynamic"] = q2
-        timed("ours_dynamic", lambda: qcompiler.compile(fp32, target="cpu-int8-dynamic", output=q2, options=opts))
+        timed("ours_dynamic", lambda: qcompiler.compile(fp32, target="cpu-int8-dynamic", calib=calib, output=q2,
+                                                        options=opts))
     return out
 
 
