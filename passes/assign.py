@@ -12,13 +12,15 @@ Op kinds (how an op takes quantized values on integer kernels, as ONNX Runtime f
   quantized with their own ranges;
 - movement (Reshape, Transpose, MaxPool, ...): the output shares the input's scale and zero point, so the
   integer tensor flows through unchanged;
-- removable (Relu, Clip with 0 in range): folded into the producer's output quantization when that is exact.
+- removable (Relu, Clip with 0 in range): folded into the producer's output quantization when that is exact;
+- embedding (Gather from a constant float table): the table stored int8 per tensor, gathered as integers and
+  dequantized after the Gather (only the rows read are dequantized, never the whole table).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qcompiler.ir import Model, Node, QuantType, TensorType, Value
 from qcompiler.numerics import PerChannel, PerGroup, PerTensor
@@ -51,7 +53,9 @@ class NodePlan:
     kind: str = ""
 
 
-def op_kind(op_type: str) -> str:
+def op_kind(op_type: str, node: Node | None = None) -> str:
+    if op_type == "Gather" and node is not None and is_constant(node.inputs[0]):
+        return "embedding"
     for name, ops in (("linear", LINEAR), ("arith", ARITH), ("own_range", OWN_RANGE), ("movement", MOVEMENT),
                       ("removable", REMOVABLE)):
         if op_type in ops:
@@ -96,7 +100,7 @@ def is_constant(v: Value | None) -> bool:
 
 def plan_node(node: Node, q: QuantizeSection, kernels: dict[str, str] | None, target_name: str) -> NodePlan:
     """Whether a node of the main graph is quantized, and why (or why not)."""
-    kind = op_kind(node.op_type)
+    kind = op_kind(node.op_type, node)
     if node.domain not in ("", "ai.onnx"):
         return NodePlan(node, False, f"op domain {node.domain!r} has no quantized form here", kind)
     if node.op_type in QUANT_OPS:
@@ -115,6 +119,12 @@ def plan_node(node: Node, q: QuantizeSection, kernels: dict[str, str] | None, ta
     float_inputs = [v for v in node.inputs if v is not None and _is_float32(v)]
     if not float_inputs:
         return NodePlan(node, False, "no float32 input to quantize", kind)
+    if kind == "embedding":
+        table = node.inputs[0]
+        assert table is not None
+        if any(u.op_type != "Gather" for u in table.users):
+            return NodePlan(node, False, "its table is also read by other ops (kept float for them)", kind)
+        return NodePlan(node, True, "quantized", kind)
     if kind == "linear":
         w = node.inputs[1] if len(node.inputs) > 1 else None
         if q.activations is None and not is_constant(w):
@@ -190,6 +200,13 @@ class AssignQuantTypes(Pass):
                 node.meta["quantize_dynamic"] = True
             elif act is not None:
                 self._quantize_output(node, act)
+            return True
+        if kind == "embedding":
+            # One scale for the whole table: the dequantization after the Gather cannot follow per-row scales.
+            table = node.inputs[0]
+            assert table is not None
+            _set(table, make_quant_type(replace(q.weights, granularity="per_tensor")))
+            node.meta["quantized_table"] = True
             return True
         assert act is not None
         if kind == "movement":

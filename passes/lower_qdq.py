@@ -83,6 +83,9 @@ class LowerQDQ(Pass):
         for node in list(graph.nodes):
             if node.op_type in ("Conv", "Gemm", "ConvTranspose") and len(node.inputs) > 2:
                 self._bias(graph, node)
+        for node in list(graph.nodes):
+            if node.meta.get("quantized_table"):
+                self._gather(graph, node)
         for v in [v for v in graph.values() if v.quant is not None and v.const is not None]:
             self._weight(graph, v)
         for v in [v for v in graph.values() if v.quant is not None]:
@@ -150,6 +153,35 @@ class LowerQDQ(Pass):
         w.quant = None
         if not w.uses and not w.is_graph_output() and not w.is_graph_input:
             graph.remove_initializer(w)
+
+    def _gather(self, graph: Graph, node: Node) -> None:
+        """Gather from an int8 table, then DequantizeLinear on the rows read (never the whole table)."""
+        table = node.inputs[0]
+        if table is None or table.const is None or table.quant is None or table.quant.scale is None:
+            return
+        q = table.quant
+        scale, zp = _scale_array(q), _zp_array(q)
+        qarr = quantize(table.const.numpy().astype(np.float32), scale, zp, get_format(q.format), q.granularity,
+                        name=table.name)
+        dtype = _qdtype(q)
+        if table.name + "_quantized" in graph.initializers:
+            tq = graph.initializers[table.name + "_quantized"]  # another Gather of the same table did it
+        else:
+            tq = graph.make_initializer(f"{table.name}_quantized",
+                                        Tensor(np.asarray(qarr).astype(dtype.storage), dtype))
+        out = node.outputs[0]
+        rows = Value(graph.fresh_name(f"{out.name}_quantized"), _like(out, dtype))
+        gather = Node("Gather", [tq, node.inputs[1]], [rows], list(node.attrs.values()), name=node.name)
+        dq = Node("DequantizeLinear", [rows, q.scale, q.zero_point], 1, name=graph.fresh_name(f"{out.name}_dq"))
+        graph.insert_before(node, [gather, dq])
+        dq.outputs[0].type = out.type
+        out.replace_all_uses_with(dq.outputs[0])
+        graph.erase(node)
+        dq.outputs[0].name = out.name  # readers and reports keep the value's name
+        graph.forget_names()
+        if not table.uses and not table.is_graph_output() and not table.is_graph_input:
+            table.quant = None
+            graph.remove_initializer(table)
 
     def _bias(self, graph: Graph, node: Node) -> None:
         x, w, b = node.inputs[0], node.inputs[1], node.inputs[2]

@@ -38,7 +38,7 @@ STATIC_KERNELS: dict[str, str] = {
     "Squeeze": _DROP,
     "Unsqueeze": _DROP,
     "Slice": _DROP,
-    "Gather": _DROP,
+    "Gather": _DROP + "; from a constant table: the table stored int8, DequantizeLinear on the rows read",
     "Split": _DROP,
     "Expand": _DROP,
     "Tile": _DROP,
@@ -53,6 +53,7 @@ DYNAMIC_KERNELS: dict[str, str] = {
     "MatMul": "com.microsoft.DynamicQuantizeMatMul: activations quantized to uint8 per tensor at run time, "
               "int8 weights per output column",
     "Gemm": "com.microsoft.DynamicQuantizeMatMul with its bias input (weights laid out [K, N])",
+    "Gather": "embedding tables stored int8 (per tensor); Gather on the int8 table, DequantizeLinear on the rows",
 }
 
 _NOT_FUSED = ("ConvTranspose, Sub, Div, Tanh, HardSigmoid, HardSwish, Pad, GlobalMaxPool, SpaceToDepth, "

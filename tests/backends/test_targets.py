@@ -31,12 +31,12 @@ def test_cpu_int8_is_static_u8_activations_s8_per_channel_weights():
     assert any("u8 x s8" in n for n in t.notes)
 
 
-def test_cpu_int8_dynamic_quantizes_matmul_and_gemm_without_calibration():
+def test_cpu_int8_dynamic_quantizes_matmul_gemm_and_embeddings_without_calibration():
     t = get_target("cpu-int8-dynamic")
     assert t.backend == "onnxruntime" and not t.static
     q = t.default_recipe.quantize
     assert q.dynamic and q.activations is None
-    assert set(q.op_types) == set(t.kernels) == {"MatMul", "Gemm"}
+    assert set(q.op_types) == set(t.kernels) == {"MatMul", "Gemm", "Gather"}
     # calibrate runs, but only on the weights: the compile asks for no data when the target is not static.
     assert [p.name for p in t.default_recipe.passes] == [
         "canonicalize", "fuse_transformer", "keep_layer_norm", "assign_quant_types", "calibrate", "lower_qdq"]
