@@ -13,8 +13,8 @@ Op kinds (how an op takes quantized values on integer kernels, as ONNX Runtime f
 - movement (Reshape, Transpose, MaxPool, ...): the output shares the input's scale and zero point, so the
   integer tensor flows through unchanged;
 - removable (Relu, Clip with 0 in range): folded into the producer's output quantization when that is exact;
-- embedding (Gather from a constant float table): the table stored int8 per tensor, gathered as integers and
-  dequantized after the Gather (only the rows read are dequantized, never the whole table).
+- embedding (Gather from a constant float table): the table stored int8 with a scale per column, gathered as
+  integers and dequantized after the Gather (only the rows read, never the whole table).
 """
 
 from __future__ import annotations
@@ -202,10 +202,13 @@ class AssignQuantTypes(Pass):
                 self._quantize_output(node, act)
             return True
         if kind == "embedding":
-            # One scale for the whole table: the dequantization after the Gather cannot follow per-row scales.
+            # Scales per column (the last axis): DequantizeLinear after the Gather can follow those, not per-row
+            # ones; a column is one hidden unit, and those are where embedding outliers live.
             table = node.inputs[0]
-            assert table is not None
-            _set(table, make_quant_type(replace(q.weights, granularity="per_tensor")))
+            assert table is not None and isinstance(table.type, TensorType) and table.type.rank is not None
+            gran = "per_tensor" if q.weights.granularity == "per_tensor" else "per_channel"
+            spec = replace(q.weights, granularity=gran)
+            _set(table, make_quant_type(spec, axis=table.type.rank - 1, rank=table.type.rank))
             node.meta["quantized_table"] = True
             return True
         assert act is not None

@@ -172,7 +172,14 @@ class LowerQDQ(Pass):
         out = node.outputs[0]
         rows = Value(graph.fresh_name(f"{out.name}_quantized"), _like(out, dtype))
         gather = Node("Gather", [tq, node.inputs[1]], [rows], list(node.attrs.values()), name=node.name)
-        dq = Node("DequantizeLinear", [rows, q.scale, q.zero_point], 1, name=graph.fresh_name(f"{out.name}_dq"))
+        attrs = []
+        if isinstance(q.granularity, PerChannel):  # per column of the table = the last axis of the rows
+            rank = out.type.rank if isinstance(out.type, TensorType) and out.type.rank is not None else None
+            if rank is None or q.granularity.axis % table.const.numpy().ndim != table.const.numpy().ndim - 1:
+                raise GraphError(f"lower_qdq: {node.label()}: a table's scales must run along its last axis")
+            attrs = [Attr("axis", AttrType.INT, rank - 1)]
+        dq = Node("DequantizeLinear", [rows, q.scale, q.zero_point], 1, attrs,
+                  name=graph.fresh_name(f"{out.name}_dq"))
         graph.insert_before(node, [gather, dq])
         dq.outputs[0].type = out.type
         out.replace_all_uses_with(dq.outputs[0])

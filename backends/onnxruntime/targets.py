@@ -53,7 +53,8 @@ DYNAMIC_KERNELS: dict[str, str] = {
     "MatMul": "com.microsoft.DynamicQuantizeMatMul: activations quantized to uint8 per tensor at run time, "
               "int8 weights per output column",
     "Gemm": "com.microsoft.DynamicQuantizeMatMul with its bias input (weights laid out [K, N])",
-    "Gather": "embedding tables stored int8 (per tensor); Gather on the int8 table, DequantizeLinear on the rows",
+    "Gather": "embedding tables stored int8 (a scale per column); Gather on the int8 table, DequantizeLinear on "
+              "the rows read",
 }
 
 _NOT_FUSED = ("ConvTranspose, Sub, Div, Tanh, HardSigmoid, HardSwish, Pad, GlobalMaxPool, SpaceToDepth, "
