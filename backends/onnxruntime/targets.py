@@ -124,11 +124,15 @@ def dynamic_recipe() -> Recipe:
         # MultiHeadAttention and only the weight MatMuls are left to quantize. Its SkipLayerNormalization rule
         # is off and keep_layer_norm keeps ORT from fusing one (see DYNAMIC_NOTES); biases stay with their
         # MatMuls (fold_bias off), so lower_qdq folds them into DynamicQuantizeMatMul: that measured a little
-        # faster than BiasGelu.
+        # faster than BiasGelu. smooth_quant runs when calibration data is given (--calib; it is skipped, and
+        # says so, without): on MiniLM it divides the LayerNorm outputs by per-channel scales folded into
+        # gamma/beta (a Mul restores them for the residual) and cuts the int8 model's error energy (1 - cosine to
+        # FP32) by about a quarter (output SQNR 18.3 -> 20.7 dB) for 1-2% more latency.
         passes=(
             PassSpec("canonicalize"),
             PassSpec("fuse_transformer", {"skip_layer_norm": False, "fold_bias": False}),
             PassSpec("keep_layer_norm"),
+            PassSpec("smooth_quant", {"alpha": 0.5}),
             PassSpec("assign_quant_types"),
             PassSpec("calibrate"),
             PassSpec("lower_qdq"),
