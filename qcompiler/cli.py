@@ -107,12 +107,12 @@ def _default_output(model: Path, target: str) -> Path:
 
 
 def _format_plan(art: object) -> str:
-    ctx = art.report  # type: ignore[attr-defined]
+    decisions = art.decisions  # type: ignore[attr-defined]
     recipe = art.recipe  # type: ignore[attr-defined]
     lines = [f"plan for target {recipe.target} (dry run: nothing written)",
              "passes: " + " -> ".join(p.name for p in recipe.passes)]
-    quantized = [d for d in ctx.decisions if d.action == "quantized"]
-    kept = [d for d in ctx.decisions if d.action == "kept float"]
+    quantized = [d for d in decisions if d.action == "quantized"]
+    kept = [d for d in decisions if d.action == "kept float"]
     lines.append(f"quantized: {len(quantized)} nodes")
     lines += [f"  {d.subject}  [{d.reason}]" for d in quantized]
     lines.append(f"kept float: {len(kept)} nodes")

@@ -11,7 +11,6 @@ outputs, size and latency with the backend's runtime). Nothing is written until 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -50,6 +49,7 @@ class Artifact:
     path: Path | None = None
     report: Any = None
     files: list[Path] = field(default_factory=list)
+    decisions: list[Any] = field(default_factory=list)  # what the passes decided and why (the dry-run plan)
     _runner: Any = None
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -151,7 +151,8 @@ def compile(  # noqa: A001 - the product's verb
     example_inputs: Any = None,
 ) -> Artifact:
     """Quantize `model` (a path, an onnx.ModelProto, an IR Model or a torch module with example_inputs) for
-    `target`. With `output`, the artifact, recipe and report are written there; `dry_run` plans only."""
+    `target`. With `output`, the artifact, recipe and report are written there; `dry_run` plans only (the
+    plan is `Artifact.decisions`). An IR Model passed in is transformed in place."""
     from . import load
     from .frontends.onnx_io import model_to_proto
     from .frontends.onnx_schema import schema_rule
@@ -163,7 +164,8 @@ def compile(  # noqa: A001 - the product's verb
         raise ConfigError(f"output folder {Path(output).parent} does not exist")
     source = str(model) if isinstance(model, str | os.PathLike) else type(model).__name__
     ir = model if isinstance(model, Model) else load(model, example_inputs=example_inputs)
-    float_proto = model_to_proto(ir)  # the reference the report measures against
+    # The reference the report measures against, taken before the passes transform the IR.
+    float_proto = model_to_proto(ir) if opts.report and not dry_run else None
     passes = [get_pass(p.name, **p.options) for p in rec.passes]
     if dry_run:
         passes = passes[: _index_after(passes, "assign_quant_types")]
@@ -191,11 +193,10 @@ def compile(  # noqa: A001 - the product's verb
     )
     pm = PassManager(passes, rules_for=lambda m: [schema_rule(m)], dump_dir=opts.dump_ir, log=opts.log)
     lowered = pm.run(ir, ctx)
-    art = Artifact(lowered, tgt, rec)
+    art = Artifact(lowered, tgt, rec, decisions=list(ctx.decisions))
     if dry_run:
-        art.report = ctx  # the plan: ctx.decisions
         return art
-    if opts.report:
+    if float_proto is not None:
         from .measure import build_report
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -223,10 +224,10 @@ def _index_after(passes: list[Any], name: str) -> int:
 
 
 def _save_proto(proto: Any, path: Path) -> None:
-    from .frontends.onnx_io import model_from_proto, save_onnx
+    """Write the float reference for the report's ONNX Runtime runs (external data past 2 GB)."""
+    import onnx
 
-    with contextlib.suppress(Exception):
-        if proto.ByteSize() < 2**31 - 2**26:
-            path.write_bytes(proto.SerializeToString())
-            return
-    save_onnx(model_from_proto(proto, infer_shapes=False, check=False), path)
+    if proto.ByteSize() < 2**31 - 2**26:
+        path.write_bytes(proto.SerializeToString())
+    else:
+        onnx.save_model(proto, path, save_as_external_data=True, location=path.name + ".data")
