@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -229,11 +228,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             results[name] = bench_model(name, args.threads, Path(tmp), log, args.eval_limit)
-    cpu = platform.processor()
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from qcompiler.measure import machine_info
+
+    cpu = machine_info(args.threads)["cpu"]
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu, "cores": os.cpu_count(), "threads": args.threads,
             "onnxruntime": onnxruntime.__version__}
     print(f"machine: {meta}")

@@ -30,19 +30,15 @@ class BiasCorrectionOptions:
 
 
 def _weight_dq(q: QuantType, w: np.ndarray) -> np.ndarray:
-    assert q.scale is not None and q.scale.const is not None
-    scale = q.scale.const.numpy()
-    zp = q.zero_point.const.numpy() if q.zero_point is not None and q.zero_point.const is not None else None
+    scale, zp = q.scale_array(), q.zero_point_array()
     fmt = get_format(q.format)
     return dequantize(quantize(w, scale, zp, fmt, q.granularity), scale, zp, fmt, q.granularity)
 
 
 def _act_params(q: QuantType) -> tuple[torch.Tensor, torch.Tensor | None, int, int, int | None]:
-    assert q.scale is not None and q.scale.const is not None
-    s = torch.from_numpy(np.array(q.scale.const.numpy(), dtype=np.float32))
-    z = None
-    if q.zero_point is not None and q.zero_point.const is not None:
-        z = torch.from_numpy(np.array(q.zero_point.const.numpy()).astype(np.float32))
+    s = torch.from_numpy(q.scale_array())
+    zp = q.zero_point_array()
+    z = None if zp is None else torch.from_numpy(np.asarray(zp).astype(np.float32))
     qmin, qmax = quant_range(get_format(q.format), Scheme(q.scheme))
     return s, z, qmin, qmax, getattr(q.granularity, "axis", None)
 

@@ -45,15 +45,6 @@ def _like(v: Value, dtype: DType) -> TensorType | None:
     return TensorType(dtype, v.type.shape) if isinstance(v.type, TensorType) else None
 
 
-def _scale_array(q: QuantType) -> np.ndarray:
-    assert q.scale is not None and q.scale.const is not None
-    return q.scale.const.numpy().astype(np.float32)
-
-
-def _zp_array(q: QuantType) -> np.ndarray | None:
-    return None if q.zero_point is None or q.zero_point.const is None else q.zero_point.const.numpy()
-
-
 @register_pass
 class LowerQDQ(Pass):
     name = "lower_qdq"
@@ -136,7 +127,7 @@ class LowerQDQ(Pass):
     def _weight(self, graph: Graph, w: Value) -> None:
         q = w.quant
         assert q is not None and w.const is not None
-        scale, zp = _scale_array(q), _zp_array(q)
+        scale, zp = q.scale_array(), q.zero_point_array()
         fmt = get_format(q.format)
         qarr = quantize(w.const.numpy().astype(np.float32), scale, zp, fmt, q.granularity, name=w.name)
         dtype = _qdtype(q)
@@ -160,7 +151,7 @@ class LowerQDQ(Pass):
         if table is None or table.const is None or table.quant is None or table.quant.scale is None:
             return
         q = table.quant
-        scale, zp = _scale_array(q), _zp_array(q)
+        scale, zp = q.scale_array(), q.zero_point_array()
         qarr = quantize(table.const.numpy().astype(np.float32), scale, zp, get_format(q.format), q.granularity,
                         name=table.name)
         dtype = _qdtype(q)
@@ -198,7 +189,7 @@ class LowerQDQ(Pass):
             return
         if node.op_type == "Gemm" and (node.attr("alpha", 1.0) != 1.0 or node.attr("beta", 1.0) != 1.0):
             return
-        sx, sw = _scale_array(x.quant), _scale_array(w.quant)
+        sx, sw = x.quant.scale_array(), w.quant.scale_array()
         bias = b.const.numpy().astype(np.float64)
         if bias.ndim != 1 or (sw.ndim == 1 and sw.shape[0] != bias.shape[0]):
             return
@@ -274,7 +265,7 @@ class LowerQDQ(Pass):
             return
         q = w.quant
         arr = w.const.numpy().astype(np.float32)
-        scale, zp = _scale_array(q), _zp_array(q)
+        scale, zp = q.scale_array(), q.zero_point_array()
         transposed = node.op_type == "Gemm" and bool(node.attr("transB", 0))
         if arr.ndim != 2:
             ctx.decide(self.name, node.label(), "kept float", "weight is not 2-D")
@@ -349,8 +340,8 @@ def _representable(q: QuantType) -> tuple[float, float]:
     """The float interval a per-tensor QuantType can represent: [(qmin-zp)s, (qmax-zp)s]."""
     from qcompiler.numerics.scheme import quant_range
 
-    s = float(np.max(_scale_array(q)))
-    zp = _zp_array(q)
+    s = float(np.max(q.scale_array()))
+    zp = q.zero_point_array()
     z = float(np.asarray(zp).reshape(-1)[0]) if zp is not None and np.asarray(zp).size else 0.0
     qmin, qmax = quant_range(get_format(q.format), Scheme(q.scheme))
     return (qmin - z) * s, (qmax - z) * s

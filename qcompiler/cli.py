@@ -102,8 +102,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _default_output(model: Path, target: str) -> Path:
-    stem = model.name[: -len(".onnx")] if model.name.endswith(".onnx") else model.name
-    return model.with_name(f"{stem}.{target}.onnx")
+    from .compiler import model_stem
+
+    return model.with_name(f"{model_stem(model)}.{target}.onnx")
 
 
 def _format_plan(art: object) -> str:

@@ -70,8 +70,13 @@ class Artifact:
         return path
 
 
+def model_stem(path: Path) -> str:
+    """A model file's name without `.onnx`: the stem its recipe and report files are named after."""
+    return path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+
+
 def _artifact_names(path: Path) -> dict[str, Path]:
-    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    stem = model_stem(path)
     return {
         "recipe": path.with_name(stem + ".recipe.toml"),
         "report_json": path.with_name(stem + ".report.json"),
@@ -201,11 +206,11 @@ def compile(  # noqa: A001 - the product's verb
 
         with tempfile.TemporaryDirectory() as tmp:
             qpath = Path(tmp) / "quantized.onnx"
-            from .frontends.onnx_io import save_onnx
+            from .frontends.onnx_io import save_onnx, save_proto
 
             save_onnx(lowered, qpath)
             fpath = Path(tmp) / "float.onnx"
-            _save_proto(float_proto, fpath)
+            save_proto(float_proto, fpath)
             art.report = build_report(
                 source=source, float_path=fpath, quant_path=qpath, float_proto=float_proto, quant_model=lowered,
                 target=tgt, recipe=rec, ctx=ctx, calibration=cal_set, holdout=held, calib_spec=calib,
@@ -221,13 +226,3 @@ def _index_after(passes: list[Any], name: str) -> int:
         if p.name == name:
             return i + 1
     return len(passes)
-
-
-def _save_proto(proto: Any, path: Path) -> None:
-    """Write the float reference for the report's ONNX Runtime runs (external data past 2 GB)."""
-    import onnx
-
-    if proto.ByteSize() < 2**31 - 2**26:
-        path.write_bytes(proto.SerializeToString())
-    else:
-        onnx.save_model(proto, path, save_as_external_data=True, location=path.name + ".data")

@@ -120,52 +120,10 @@ def output_errors(
     return acc
 
 
-def file_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of a model file plus the external data files it names."""
-    import onnx
-
-    path = Path(path)
-    total = path.stat().st_size
-    m = onnx.load(path, load_external_data=False)
-    seen: set[str] = set()
-    for t in m.graph.initializer:
-        for e in t.external_data:
-            if e.key == "location" and e.value not in seen:
-                seen.add(e.value)
-                total += (path.parent / e.value).stat().st_size
-    return total
-
-
 def batch_of(samples: list[dict[str, np.ndarray]], batch_size: int) -> dict[str, np.ndarray]:
     """`batch_size` samples (cycled) concatenated along axis 0."""
     picks = [samples[i % len(samples)] for i in range(batch_size)]
     return {k: np.concatenate([p[k] for p in picks], axis=0) for k in picks[0]}
-
-
-def random_samples(
-    model: Model, n: int, *, seed: int = 0, dims: dict[str, int] | None = None
-) -> list[dict[str, np.ndarray]]:
-    """Inputs drawn at random from the model's input types (symbolic dims: 1, or `dims[name]`)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        feeds = {}
-        for v in model.graph.inputs:
-            if v.const is not None or not isinstance(v.type, TensorType) or v.type.shape is None:
-                continue
-            shape = [d if isinstance(d, int) else (dims or {}).get(str(d), 1 if i == 0 else 16)
-                     for i, d in enumerate(v.type.shape)]
-            dt = v.type.dtype.storage
-            if np.issubdtype(dt, np.floating):
-                feeds[v.name] = rng.standard_normal(shape).astype(dt)
-            elif dt == np.bool_:
-                feeds[v.name] = np.ones(shape, dtype=dt)
-            else:
-                # 0 and 1 are valid wherever an integer input indexes something (token ids, token types, a
-                # mask): larger values may run past a small embedding table.
-                feeds[v.name] = rng.integers(0, 2, size=shape).astype(dt)
-        out.append(feeds)
-    return out
 
 
 def machine_info(threads: int | None) -> dict[str, Any]:
@@ -200,7 +158,7 @@ def build_report(
     """Measure the quantized model against the float one and fill a Report."""
     import onnxruntime as ort
 
-    from .backends.onnxruntime.latency import measure_latency
+    from .backends.onnxruntime.latency import measure_latency, model_size
     from .backends.onnxruntime.session import OrtRunner
     from .frontends.onnx_io import model_from_proto
     from .report import (
@@ -224,7 +182,9 @@ def build_report(
     # Samples the report measures on: held-back calibration samples, else random inputs (said so).
     samples = list(holdout) if holdout is not None else []
     if not samples:
-        samples = random_samples(float_model, 4)
+        from .calibration import load_calibration
+
+        samples = list(load_calibration("random", float_model.graph.inputs, samples=4))
         warnings.append("no held-back calibration samples: errors were measured on random inputs")
     # Per-layer SQNR with the executor.
     quantized_nodes = [d.subject for d in ctx.decisions if d.pass_name == "assign_quant_types"
@@ -293,7 +253,7 @@ def build_report(
     return Report(
         model=model_info, target=TargetInfo(target.name, target.backend), recipe=recipe.to_dict(),
         machine=machine_info(threads), calibration=cal_info, layers=layers, outputs=outputs,
-        size=SizeInfo(file_size(float_path), file_size(quant_path)), latency=latency, kept_float=kept,
+        size=SizeInfo(model_size(float_path), model_size(quant_path)), latency=latency, kept_float=kept,
         unfused=unfused, passes=[PassTiming(k, v) for k, v in ctx.timings.items()],
         decisions=[DecisionEntry(d.pass_name, d.subject, d.action, d.reason) for d in ctx.decisions],
         warnings=warnings,

@@ -521,6 +521,16 @@ def save_onnx(
     return path
 
 
+def save_proto(proto: onnx.ModelProto, path: str | os.PathLike[str]) -> Path:
+    """Write a ModelProto as is (external data past 2 GB), for references kept as protobufs."""
+    path = Path(path)
+    if proto.ByteSize() < TWO_GB - 64 * 2**20:
+        path.write_bytes(proto.SerializeToString())
+    else:
+        onnx.save_model(proto, path, save_as_external_data=True, location=path.name + ".data")
+    return path
+
+
 def _all_tensors(model: Model) -> Iterator[Tensor]:
     roots = [model.graph] + [f.graph for f in model.functions.values()]
     for root in roots:

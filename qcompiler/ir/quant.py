@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .graph import Value
 
@@ -40,6 +42,16 @@ class QuantType:
     @property
     def is_calibrated(self) -> bool:
         return self.dynamic or self.scale is not None
+
+    def scale_array(self) -> np.ndarray:
+        """The scale's values (float32); the QuantType must be calibrated with a constant scale."""
+        if self.scale is None or self.scale.const is None:
+            raise ValueError(f"quant type {self} has no constant scale (not calibrated)")
+        return self.scale.const.numpy().astype(np.float32)
+
+    def zero_point_array(self) -> np.ndarray | None:
+        """The zero point's values in its storage dtype, or None when there is none (fp8, nf4)."""
+        return None if self.zero_point is None or self.zero_point.const is None else self.zero_point.const.numpy()
 
     def with_params(self, scale: Value, zero_point: Value | None) -> QuantType:
         return replace(self, scale=scale, zero_point=zero_point)
