@@ -43,6 +43,22 @@ def _act_params(q: QuantType) -> tuple[torch.Tensor, torch.Tensor | None, int, i
     return s, z, qmin, qmax, getattr(q.granularity, "axis", None)
 
 
+def fake_quant_hook(executor: Any, model: Model) -> Any:
+    """Hook that fake-quantizes every calibrated integer activation as it is computed: the executor then runs the
+    model as it will run quantized (weights aside). Returns the hook's handle."""
+    from qcompiler.runtime.fake_quant import fake_quantize
+
+    acts = [v for v in model.graph.values() if v.quant is not None and v.const is None and v.quant.scale is not None
+            and get_format(v.quant.format).is_integer]
+    params = {id(v): _act_params(v.quant) for v in acts}  # type: ignore[arg-type]
+
+    def fq(value: Value, t: torch.Tensor) -> torch.Tensor:
+        s, z, lo, hi, axis = params[id(value)]
+        return fake_quantize(t, s, z, lo, hi, axis)
+
+    return executor.add_hook(acts, fq)
+
+
 @register_pass
 class BiasCorrection(Pass):
     name = "bias_correction"
@@ -51,7 +67,6 @@ class BiasCorrection(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         from qcompiler.runtime import Executor, lookup
-        from qcompiler.runtime.fake_quant import fake_quantize
         from qcompiler.runtime.registry import OpContext
 
         opts: BiasCorrectionOptions = self.options()
@@ -64,16 +79,8 @@ class BiasCorrection(Pass):
         if not layers:
             return PassResult(model, False)
         executor = Executor(model)
-        handles = []
         # Simulate the quantized model: fake-quantized activations, dequantized quantized weights.
-        acts = [v for v in graph.values() if v.quant is not None and v.const is None and v.quant.scale is not None]
-        params = {id(v): _act_params(v.quant) for v in acts if get_format(v.quant.format).is_integer}  # type: ignore[union-attr]
-
-        def fq(value: Value, t: torch.Tensor) -> torch.Tensor:
-            s, z, lo, hi, axis = params[id(value)]
-            return fake_quantize(t, s, z, lo, hi, axis)
-
-        handles.append(executor.add_hook([v for v in acts if id(v) in params], fq))
+        handles = [fake_quant_hook(executor, model)]
         w_dq: dict[int, torch.Tensor] = {}
         delta: dict[int, torch.Tensor] = {}
         for n in layers:
