@@ -114,11 +114,6 @@ def adopt_name(keep: Value, gone: Value) -> None:
     keep.emit_value_info = keep.emit_value_info or gone.emit_value_info
 
 
-def erase_nodes(graph: Graph, nodes: Iterable[Node]) -> int:
-    """Remove `nodes` from `graph` in one sweep: `Graph.erase_many`."""
-    return graph.erase_many(nodes)
-
-
 def remove_dead(graph: Graph) -> tuple[int, int]:
     """Remove nodes whose outputs nobody reads (and that are not graph outputs), then initializers nobody
     reads that are not graph inputs. Returns (nodes removed, initializers removed).
@@ -136,7 +131,7 @@ def remove_dead(graph: Graph) -> tuple[int, int]:
                 live.add(id(v))
         for sub in n.subgraphs():
             live.update(id(v) for v in captured_values(sub))
-    removed = erase_nodes(graph, dead)
+    removed = graph.erase_many(dead)
     inputs = graph_input_ids(graph)
     unused = [v for v in graph.initializers.values() if not v.uses and id(v) not in inputs and id(v) not in live]
     for v in unused:

@@ -121,7 +121,7 @@ class BiasCorrection(Pass):
         handles.append(executor.add_hook([n.outputs[0] for n in layers], measure))
         seen = 0
         try:
-            for feeds in _samples(data, ctx):
+            for feeds in ctx.calibration_batches():
                 executor.run(feeds)
                 seen += 1
                 if seen >= opts.samples:
@@ -179,7 +179,3 @@ class BiasCorrection(Pass):
                 b.type = TensorType(b.const.dtype, b.const.shape)
         ctx.decide(self.name, n.label(), "corrected",
                    f"mean output shift {float(np.abs(shift).mean()):.3g} (max {float(np.abs(shift).max()):.3g})")
-
-
-def _samples(data: Any, ctx: PassContext) -> Any:
-    return data.batches(ctx.options.get("calib_batch_size", 1)) if hasattr(data, "batches") else data

@@ -120,7 +120,7 @@ class Calibrate(Pass):
             observers[id(value)].observe(tensor)
 
         handle = executor.add_hook(values, hook)
-        batches = data.batches(ctx.options.get("calib_batch_size", 1)) if hasattr(data, "batches") else data
+        batches = ctx.calibration_batches()
         total = len(data) if hasattr(data, "__len__") else None
         from tqdm import tqdm
 

@@ -20,7 +20,6 @@ float) top-1 agreement with FP32 goes from 0.895 (nearest rounding) to 0.977.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -87,14 +86,13 @@ class Gptq(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: GptqOptions = self.options()
-        data = ctx.calibration
-        if data is None:
+        if ctx.calibration is None:
             ctx.decide(self.name, "model", "skipped", "no calibration data: weights keep nearest rounding")
             return PassResult(model, False)
         layers = [lay for n in model.graph.nodes if (lay := self._layer(n, ctx)) is not None]
         if not layers:
             return PassResult(model, False)
-        self._collect(model, layers, data, ctx, opts)
+        self._collect(model, layers, ctx, opts)
         for lay in layers:
             self._round(model, lay, ctx, opts)
         return PassResult(model, True)
@@ -130,7 +128,7 @@ class Gptq(Pass):
 
     # -- the Hessians ---------------------------------------------------------------------------------------
 
-    def _collect(self, model: Model, layers: list[_Layer], data: Any, ctx: PassContext, opts: GptqOptions) -> None:
+    def _collect(self, model: Model, layers: list[_Layer], ctx: PassContext, opts: GptqOptions) -> None:
         from tqdm import tqdm
 
         from qcompiler.passes.bias_correction import fake_quant_hook
@@ -161,7 +159,7 @@ class Gptq(Pass):
         handles = [fake_quant_hook(executor, model)]
         inputs = [lay.node.inputs[0] for lay in layers]
         handles.append(executor.add_hook(list({id(v): v for v in inputs}.values()), accumulate))
-        batches = data.batches(ctx.options.get("calib_batch_size", 1)) if hasattr(data, "batches") else data
+        batches = ctx.calibration_batches()
         try:
             for i, feeds in enumerate(tqdm(batches, desc="gptq: hessians", unit="batch", leave=False,
                                            disable=not (opts.progress and ctx.progress))):

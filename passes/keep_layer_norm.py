@@ -19,7 +19,7 @@ from __future__ import annotations
 from qcompiler.ir import Model, Node, Value
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
-from ._rewrite import adopt_name, erase_nodes, is_standard, replace_uses, returned_by_subgraphs, subject
+from ._rewrite import adopt_name, is_standard, replace_uses, returned_by_subgraphs, subject
 
 
 @register_pass
@@ -45,7 +45,7 @@ class KeepLayerNorm(Pass):
             graph.insert_before(add, node)
             node.outputs[0].type = s.type
             replace_uses(graph, s, node.outputs[0], returned)
-            erase_nodes(graph, [add])
+            graph.erase_many([add])
             adopt_name(node.outputs[0], s)
             changed = True
             ctx.decide(self.name, subject(ln), "rewritten",

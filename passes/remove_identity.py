@@ -22,7 +22,6 @@ from ._rewrite import (
     adopt_name,
     constant,
     drop_if_unused,
-    erase_nodes,
     graph_input_ids,
     is_standard,
     replace_uses,
@@ -70,7 +69,7 @@ class RemoveIdentity(Pass):
             removed.append(node)
             ctx.decide(self.name, subject(node), "removed", how)
         params = [v for n in removed for v in n.inputs[1:]]  # Dropout's ratio and training_mode
-        erase_nodes(graph, removed)
+        graph.erase_many(removed)
         drop_if_unused(graph, params)
         for x, y in renames:  # after the erase, so no two values share the name
             adopt_name(x, y)

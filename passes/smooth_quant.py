@@ -383,7 +383,6 @@ def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> 
 
     from qcompiler.runtime import Executor
 
-    data = ctx.calibration
     stats = {id(v): _Stats(keep) for v in values}
 
     def hook(value: Value, t: Any) -> None:
@@ -391,7 +390,7 @@ def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> 
 
     executor = Executor(model)
     handle = executor.add_hook(values, hook)
-    batches = data.batches(ctx.options.get("calib_batch_size", 1)) if hasattr(data, "batches") else data
+    batches = ctx.calibration_batches()
     try:
         for feeds in tqdm(batches, desc="smooth_quant: activation ranges", unit="batch", leave=False,
                           disable=not ctx.progress):

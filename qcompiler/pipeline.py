@@ -49,6 +49,12 @@ class PassContext:
     def decide(self, pass_name: str, subject: str, action: str, reason: str = "") -> None:
         self.decisions.append(Decision(pass_name, subject, action, reason))
 
+    def calibration_batches(self) -> Any:
+        """The calibration feeds in batches of the compile's `calib_batch_size` (a plain iterable of feed dicts
+        passes through as it is)."""
+        data = self.calibration
+        return data.batches(self.options.get("calib_batch_size", 1)) if hasattr(data, "batches") else data
+
 
 class Pass:
     """Base class. Subclasses set `name` (and optionally `requires`/`ensures`) and implement `run`.
