@@ -1,0 +1,176 @@
+"""`tune_ranges`: fit the activation scales to the model's output, not to each tensor alone (learned step size,
+Esser et al., 2020, "Learned Step Size Quantization", used after training as in PTQ reconstruction methods).
+
+An observer picks each activation's range from that tensor's own values; the best range for the *network* trades
+each tensor's rounding noise against its clipping by how much each one reaches the output. With the calibrated
+model simulated (activations fake-quantized with a straight-through estimator, weights dequantized), this pass
+treats the log of every per-tensor activation scale as a parameter and minimizes, with Adam over the calibration
+set, the squared error of the model outputs against the float model's (normalized by their energy). Zero points
+stay as calibrated (the range scales about them). The new scales replace the calibrated ones only when they
+lower the loss over the whole calibration set. Runs after `calibrate` (and `bias_correction`), before
+`lower_qdq`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from qcompiler.errors import CalibrationError
+from qcompiler.ir import Model, Tensor, Value
+from qcompiler.numerics import PerTensor, get_format
+from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
+
+from .bias_correction import _act_params, _weight_dq
+
+
+@dataclass(frozen=True)
+class TuneRangesOptions:
+    epochs: int = 6
+    lr: float = 0.01  # Adam step on log(scale): about 1 % of the scale per step at most
+    batch_size: int = 8
+    samples: int = 128  # calibration samples held in memory and fitted on (the first ones read)
+    progress: bool = True
+
+
+@register_pass
+class TuneRanges(Pass):
+    name = "tune_ranges"
+    requires = ("calibrated",)
+    Options = TuneRangesOptions
+
+    def run(self, model: Model, ctx: PassContext) -> PassResult:
+        from tqdm import tqdm
+
+        from qcompiler.runtime import Executor
+        from qcompiler.runtime.fake_quant import fake_quantize
+
+        opts: TuneRangesOptions = self.options()
+        data = ctx.calibration
+        if data is None:
+            ctx.decide(self.name, "model", "skipped", "no calibration data")
+            return PassResult(model, False)
+        graph = model.graph
+        acts = [v for v in graph.values() if v.quant is not None and v.const is None and v.quant.scale is not None
+                and get_format(v.quant.format).is_integer and isinstance(v.quant.granularity, PerTensor)]
+        if not acts:
+            return PassResult(model, False)
+        # One parameter per scale initializer: values sharing a quantization (Reshape, MaxPool) share it.
+        scales: dict[int, Value] = {}
+        for v in acts:
+            scales[id(v.quant.scale)] = v.quant.scale  # type: ignore[union-attr]
+        log_s = {k: torch.tensor(np.log(float(s.const.numpy().reshape(()))), dtype=torch.float32,  # type: ignore[union-attr]
+                                 requires_grad=True) for k, s in scales.items()}
+        fixed = {id(v): _act_params(v.quant) for v in acts}  # type: ignore[arg-type]
+        # A Relu/Clip output whose range lies inside the clip range is folded into quantization by lower_qdq:
+        # its range must stay inside, or the Clip would have to run in float between a DQ and a Q.
+        cap: dict[int, float] = {}
+        for v in acts:
+            c = _scale_cap(v)
+            key = id(v.quant.scale)  # type: ignore[union-attr]
+            cap[key] = min(cap.get(key, np.inf), c)
+
+        def fq(value: Value, t: torch.Tensor) -> torch.Tensor:
+            _, z, lo, hi, _ = fixed[id(value)]
+            return fake_quantize(t, torch.exp(log_s[id(value.quant.scale)]), z, lo, hi)  # type: ignore[union-attr]
+
+        weights = [v for v in graph.values() if v.const is not None and v.quant is not None
+                   and v.quant.scale is not None and get_format(v.quant.format).is_integer]
+        w_dq = {id(v): torch.from_numpy(_weight_dq(v.quant, v.const.numpy().astype(np.float32)).astype(np.float32))  # type: ignore[arg-type, union-attr]
+                for v in weights}
+
+        executor = Executor(model)
+        batches = _first_samples(data, opts.batch_size, opts.samples)
+        with torch.no_grad():
+            targets = [{k: torch.as_tensor(np.asarray(o)) for k, o in executor.run(f).items()} for f in batches]
+        handles = [executor.add_hook(acts, fq), executor.add_hook(weights, lambda v, t: w_dq[id(v)])]
+
+        def loss_of(i: int) -> torch.Tensor:
+            outs = executor.run_torch(batches[i])
+            total = torch.zeros(())
+            for k, ref in targets[i].items():
+                if ref.dtype.is_floating_point:
+                    total = total + torch.mean((outs[k] - ref) ** 2) / torch.mean(ref**2).clamp_min(1e-12)
+            return total
+
+        def full_loss() -> float:
+            with torch.no_grad():
+                return float(sum(loss_of(i) for i in range(len(batches))) / len(batches))
+
+        try:
+            start = {k: p.detach().clone() for k, p in log_s.items()}
+            before = full_loss()
+            optim = torch.optim.Adam(list(log_s.values()), lr=opts.lr)
+            rng = np.random.default_rng(0)
+            bar = tqdm(total=opts.epochs * len(batches), desc="tune_ranges", unit="batch", leave=False,
+                       disable=not (opts.progress and ctx.progress))
+            for _ in range(opts.epochs):
+                for i in rng.permutation(len(batches)):
+                    optim.zero_grad()
+                    loss = loss_of(int(i))
+                    loss.backward()
+                    optim.step()
+                    with torch.no_grad():
+                        for k, c in cap.items():
+                            if np.isfinite(c):
+                                log_s[k].clamp_(max=float(np.log(c) + np.log1p(-1e-6)))  # float32 slack
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
+            bar.close()
+            after = full_loss()
+        finally:
+            for h in handles:
+                h.remove()
+        if not after < before:
+            ctx.decide(self.name, "model", "kept", f"output error {after:.4g} not below the calibrated {before:.4g}")
+            return PassResult(model, False)
+        for k, s in scales.items():
+            new = np.asarray(np.exp(float(log_s[k].detach())), dtype=np.float32)
+            ratio = float(new) / float(np.exp(float(start[k])))
+            s.const = Tensor(new.reshape(s.const.shape))  # type: ignore[union-attr]
+            ctx.decide(self.name, f"%{s.name}", "tuned", f"scale x{ratio:.3f}")
+        for v in acts:  # QuantType is frozen: rebuild it so equality/printing see the same scale value
+            v.quant = replace(v.quant)  # type: ignore[arg-type]
+        ctx.decide(self.name, "model", "tuned", f"normalized output error {before:.4g} -> {after:.4g} "
+                                                f"({10 * np.log10(before / after):+.1f} dB) on the calibration set")
+        return PassResult(model, True)
+
+
+def _scale_cap(v: Value) -> float:
+    """The largest scale that keeps `v`'s quantized range inside the bounds of the Relu/Clip producing it (when
+    the calibrated range is inside them now); inf for other values."""
+    from .lower_qdq import _clip_bounds, _representable
+
+    p = v.producer
+    q = v.quant
+    if p is None or q is None or p.op_type not in ("Relu", "Clip") or p.domain not in ("", "ai.onnx"):
+        return np.inf
+    a, b = (0.0, np.inf) if p.op_type == "Relu" else _clip_bounds(p)
+    if a is None:
+        return np.inf
+    lo, hi = _representable(q)
+    if not (lo >= a - 1e-12 and hi <= b + 1e-6):
+        return np.inf
+    s = float(np.max(q.scale_array()))
+    caps = [s * b / hi] if np.isfinite(b) and hi > 0 else []
+    if np.isfinite(a) and lo < 0 and a < 0:
+        caps.append(s * a / lo)
+    return min(caps, default=np.inf)
+
+
+def _first_samples(data: Any, batch_size: int, samples: int) -> list[dict[str, Any]]:
+    """The first `samples` calibration samples in batches of `batch_size` (of a plain iterable of feed dicts,
+    the first `samples` feeds): held in memory, so a larger calibration set costs no more."""
+    if hasattr(data, "batches"):
+        try:
+            return list(itertools.islice(data.batches(batch_size), -(-samples // batch_size)))
+        except (CalibrationError, ValueError, RuntimeError):  # a static batch axis, samples of unequal shapes
+            return list(itertools.islice(data.batches(1), samples))
+    return list(itertools.islice(data, samples))
+
+
+__all__ = ["TuneRanges", "TuneRangesOptions"]
