@@ -43,13 +43,23 @@ def _act_params(q: QuantType) -> tuple[torch.Tensor, torch.Tensor | None, int, i
     return s, z, qmin, qmax, getattr(q.granularity, "axis", None)
 
 
+def simulated_activations(model: Model) -> list[Value]:
+    """The activations the artifact will quantize, with their calibrated QuantTypes (integer formats). A value
+    read only by a Relu/Clip that lower_qdq folds is left out: in the artifact the Relu/Clip output's
+    quantization is all there is, and simulating both would add noise the model will not have."""
+    from .lower_qdq import activation_fold
+
+    folded = {id(n.inputs[0]) for n in model.graph.nodes if activation_fold(n) == ""}
+    return [v for v in model.graph.values() if v.quant is not None and v.const is None and v.quant.scale is not None
+            and get_format(v.quant.format).is_integer and id(v) not in folded]
+
+
 def fake_quant_hook(executor: Any, model: Model) -> Any:
-    """Hook that fake-quantizes every calibrated integer activation as it is computed: the executor then runs the
-    model as it will run quantized (weights aside). Returns the hook's handle."""
+    """Hook that fake-quantizes every simulated activation (see `simulated_activations`) as it is computed: the
+    executor then runs the model as it will run quantized (weights aside). Returns the hook's handle."""
     from qcompiler.runtime.fake_quant import fake_quantize
 
-    acts = [v for v in model.graph.values() if v.quant is not None and v.const is None and v.quant.scale is not None
-            and get_format(v.quant.format).is_integer]
+    acts = simulated_activations(model)
     params = {id(v): _act_params(v.quant) for v in acts}  # type: ignore[arg-type]
 
     def fq(value: Value, t: torch.Tensor) -> torch.Tensor:

@@ -99,24 +99,14 @@ class LowerQDQ(Pass):
     # -- Relu/Clip folded into quantization ----------------------------------------------------------
     def _fold_activations(self, graph: Graph, ctx: PassContext) -> None:
         for node in list(graph.nodes):
-            if node.op_type not in ("Relu", "Clip"):
+            why = activation_fold(node)
+            if why is None:
                 continue
-            x, y = node.inputs[0], node.outputs[0]
-            if x is None or x.quant is None or y.quant is None or x.producer is None or len(x.uses) != 1:
-                continue
-            if x.is_graph_output() or y.is_graph_output() or y.quant.scale is None:
-                continue
-            lo, hi = _representable(y.quant)
-            a, b = (0.0, np.inf) if node.op_type == "Relu" else _clip_bounds(node)
-            if a is None:
-                continue
-            # Exact when the quantized range lies inside the clip range and starts at its floor (or below 0).
-            if not (lo >= a - 1e-12 and hi <= b + 1e-6 and (lo <= 0.0 or abs(lo - a) < 1e-12)):
-                why = f"quantized range [{lo:g}, {hi:g}] does not clamp like it"
+            if why:
                 ctx.decide(self.name, node.label(), "kept", why)
                 continue
-            if node.op_type == "Relu" and lo < 0:
-                continue
+            x, y = node.inputs[0], node.outputs[0]
+            assert x is not None and y.quant is not None
             x.quant = y.quant
             y.replace_all_uses_with(x)
             graph.erase(node)
@@ -334,6 +324,28 @@ class LowerQDQ(Pass):
                 f"from opset {need} (per-axis: 13, fp8: 19, int4/int16/blocked: 21); convert the model first "
                 "(onnx.version_converter.convert_version)"
             )
+
+
+def activation_fold(node: Node) -> str | None:
+    """Whether `node`, a Relu/Clip between a quantized producer and its quantized output, disappears into the
+    output's quantization: "" when it does, the reason when a candidate stays, None when it is no candidate."""
+    if node.op_type not in ("Relu", "Clip") or not node.inputs or not node.outputs:
+        return None
+    x, y = node.inputs[0], node.outputs[0]
+    if x is None or x.quant is None or y.quant is None or x.producer is None or len(x.uses) != 1:
+        return None
+    if x.is_graph_output() or y.is_graph_output() or y.quant.scale is None:
+        return None
+    lo, hi = _representable(y.quant)
+    a, b = (0.0, np.inf) if node.op_type == "Relu" else _clip_bounds(node)
+    if a is None:
+        return None
+    # Exact when the quantized range lies inside the clip range and starts at its floor (or below 0).
+    if not (lo >= a - 1e-12 and hi <= b + 1e-6 and (lo <= 0.0 or abs(lo - a) < 1e-12)):
+        return f"quantized range [{lo:g}, {hi:g}] does not clamp like it"
+    if node.op_type == "Relu" and lo < 0:
+        return None
+    return ""
 
 
 def _representable(q: QuantType) -> tuple[float, float]:

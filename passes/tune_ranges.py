@@ -14,6 +14,7 @@ lower the loss over the whole calibration set. Runs after `calibrate` (and `bias
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,7 +26,7 @@ from qcompiler.ir import Model, Tensor, Value
 from qcompiler.numerics import PerTensor, get_format
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
-from .bias_correction import _act_params, _weight_dq
+from .bias_correction import _act_params, _weight_dq, simulated_activations
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,7 @@ class TuneRanges(Pass):
             ctx.decide(self.name, "model", "skipped", "no calibration data")
             return PassResult(model, False)
         graph = model.graph
-        acts = [v for v in graph.values() if v.quant is not None and v.const is None and v.quant.scale is not None
-                and get_format(v.quant.format).is_integer and isinstance(v.quant.granularity, PerTensor)]
+        acts = [v for v in simulated_activations(model) if isinstance(v.quant.granularity, PerTensor)]  # type: ignore[union-attr]
         if not acts:
             return PassResult(model, False)
         # One parameter per scale initializer: values sharing a quantization (Reshape, MaxPool) share it.
@@ -80,38 +80,40 @@ class TuneRanges(Pass):
 
         weights = [v for v in graph.values() if v.const is not None and v.quant is not None
                    and v.quant.scale is not None and get_format(v.quant.format).is_integer]
-        w_dq = {id(v): torch.from_numpy(_weight_dq(v.quant, v.const.numpy().astype(np.float32)).astype(np.float32))  # type: ignore[arg-type, union-attr]
+        w_dq = {id(v): torch.from_numpy(np.asarray(_weight_dq(v.quant, v.const.numpy().astype(np.float32)),  # type: ignore[arg-type, union-attr]
+                                                   dtype=np.float32))
                 for v in weights}
 
-        executor = Executor(model)
-        batches = _first_samples(data, opts.batch_size, opts.samples)
-        with torch.no_grad():
-            targets = [{k: torch.as_tensor(np.asarray(o)) for k, o in executor.run(f).items()} for f in batches]
+        # The float reference runs beside the simulated model, batch by batch: nothing is held across batches, so
+        # memory stays the same however many calibration samples there are (at most `samples` are read).
+        reference, executor = Executor(model), Executor(model)
+        batch = _usable_batch_size(data, opts.batch_size, opts.samples)
         handles = [executor.add_hook(acts, fq), executor.add_hook(weights, lambda v, t: w_dq[id(v)])]
 
-        def loss_of(i: int) -> torch.Tensor:
-            outs = executor.run_torch(batches[i])
+        def loss_of(feeds: dict[str, Any]) -> torch.Tensor:
+            with torch.no_grad():
+                targets = reference.run_torch(feeds)
+            outs = executor.run_torch(feeds)
             total = torch.zeros(())
-            for k, ref in targets[i].items():
+            for k, ref in targets.items():
                 if ref.dtype.is_floating_point:
                     total = total + torch.mean((outs[k] - ref) ** 2) / torch.mean(ref**2).clamp_min(1e-12)
             return total
 
         def full_loss() -> float:
             with torch.no_grad():
-                return float(sum(loss_of(i) for i in range(len(batches))) / len(batches))
+                losses = [float(loss_of(f)) for f in _first_samples(data, batch, opts.samples)]
+            return float(np.mean(losses)) if losses else 0.0
 
         try:
             start = {k: p.detach().clone() for k, p in log_s.items()}
             before = full_loss()
             optim = torch.optim.Adam(list(log_s.values()), lr=opts.lr)
-            rng = np.random.default_rng(0)
-            bar = tqdm(total=opts.epochs * len(batches), desc="tune_ranges", unit="batch", leave=False,
-                       disable=not (opts.progress and ctx.progress))
+            bar = tqdm(desc="tune_ranges", unit="batch", leave=False, disable=not (opts.progress and ctx.progress))
             for _ in range(opts.epochs):
-                for i in rng.permutation(len(batches)):
+                for feeds in _first_samples(data, batch, opts.samples):
                     optim.zero_grad()
-                    loss = loss_of(int(i))
+                    loss = loss_of(feeds)
                     loss.backward()
                     optim.step()
                     with torch.no_grad():
@@ -162,15 +164,26 @@ def _scale_cap(v: Value) -> float:
     return min(caps, default=np.inf)
 
 
-def _first_samples(data: Any, batch_size: int, samples: int) -> list[dict[str, Any]]:
-    """The first `samples` calibration samples in batches of `batch_size` (of a plain iterable of feed dicts,
-    the first `samples` feeds): held in memory, so a larger calibration set costs no more."""
+def _usable_batch_size(data: Any, batch_size: int, samples: int) -> int:
+    """`batch_size` if the first `samples` calibration samples stack into such batches, else 1 (a static batch
+    axis, or samples of unequal shapes such as unpadded token sequences). Reads them once, holds nothing."""
+    if batch_size == 1 or not hasattr(data, "batches"):
+        return 1
+    try:
+        for _ in itertools.islice(data.batches(batch_size), -(-samples // batch_size)):
+            pass
+    except (CalibrationError, ValueError, RuntimeError):
+        return 1
+    return batch_size
+
+
+def _first_samples(data: Any, batch_size: int, samples: int) -> Iterator[dict[str, Any]]:
+    """The first `samples` calibration samples in batches of `batch_size`, read afresh on every call (of a
+    plain iterable of feed dicts: its first `samples` feeds)."""
     if hasattr(data, "batches"):
-        try:
-            return list(itertools.islice(data.batches(batch_size), -(-samples // batch_size)))
-        except (CalibrationError, ValueError, RuntimeError):  # a static batch axis, samples of unequal shapes
-            return list(itertools.islice(data.batches(1), samples))
-    return list(itertools.islice(data, samples))
+        yield from itertools.islice(data.batches(batch_size), -(-samples // batch_size))
+    else:
+        yield from itertools.islice(data, samples)
 
 
 __all__ = ["TuneRanges", "TuneRangesOptions"]
