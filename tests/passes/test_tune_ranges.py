@@ -8,6 +8,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompiler.frontends.onnx_io import model_from_proto
+from qcompiler.ir import Tensor
 from qcompiler.pipeline import PassContext, PassManager, get_pass
 from qcompiler.recipe import QuantizeSection, Recipe, TensorSpec
 
@@ -105,3 +106,31 @@ def test_without_calibration_data_it_says_so() -> None:
     PassManager([get_pass(p) for p in ("assign_quant_types", "calibrate", "tune_ranges")]).run(model, ctx)
     assert [(d.action, d.reason) for d in ctx.decisions if d.pass_name == "tune_ranges"] == \
         [("skipped", "no calibration data")]
+
+
+def test_a_folded_clip_stays_folded() -> None:
+    # Conv -> Clip(0, 6) -> Conv: the Clip output's calibrated range lies inside [0, 6], so lower_qdq folds the
+    # Clip into the quantization. However far the fit moves that scale, its range must stay inside [0, 6].
+    rng = np.random.default_rng(2)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])
+    inits = [numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1)) * 2).astype(np.float32), "w1"),
+             numpy_helper.from_array((rng.standard_normal((4, 4, 1, 1))).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c"], name="conv1"),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["r"], name="relu6"),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2")]
+    proto = helper.make_model(helper.make_graph(nodes, "m", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)])
+    calib = _Samples({"x": (rng.standard_normal((1, 4, 6, 6)) * 2).astype(np.float32)} for _ in range(24))
+    q = QuantizeSection(op_types=("Conv", "Clip"), activations=TensorSpec("uint8", "affine", "per_tensor"),
+                        weights=TensorSpec("int8", "symmetric", "per_channel"))
+    model = model_from_proto(proto)
+    ctx = PassContext(options={"recipe": Recipe(quantize=q)}, calibration=calib, progress=False)
+    PassManager([get_pass("assign_quant_types"), get_pass("calibrate")]).run(model, ctx)
+    scale = model.graph.find_value("r").quant.scale
+    scale.const = Tensor(scale.const.numpy() / 8)  # a range far too tight: the fit pushes it up hard, toward 6
+    for p in (get_pass("tune_ranges", epochs=10, lr=0.5), get_pass("lower_qdq")):  # the same compile, continued
+        model = p(model, ctx).model
+    assert [d.action for d in ctx.decisions if d.pass_name == "lower_qdq" and "relu6" in d.subject] == ["folded"]
+    assert all(n.op_type != "Clip" for n in model.graph.nodes)
