@@ -15,11 +15,16 @@ def _special(x: float) -> str | None:
     return None
 
 
-def db(x: float | None) -> str:
-    """An SQNR in dB to 0.1 dB: '31.2'."""
+def _fixed(x: float | None, spec: str) -> str:
+    """`x` in `spec` (a format spec), "n/a" for None, "nan"/"inf"/"-inf" for those."""
     if x is None:
         return NA
-    return _special(x) or f"{x:.1f}"
+    return _special(x) or format(x, spec)
+
+
+def db(x: float | None) -> str:
+    """An SQNR in dB to 0.1 dB: '31.2'."""
+    return _fixed(x, ".1f")
 
 
 def db_unit(x: float | None) -> str:
@@ -29,29 +34,21 @@ def db_unit(x: float | None) -> str:
 
 def cosine(x: float | None) -> str:
     """Six decimals: cosines of a good quantization all start with 0.99."""
-    if x is None:
-        return NA
-    return _special(x) or f"{x:.6f}"
+    return _fixed(x, ".6f")
 
 
 def num(x: float | None) -> str:
     """Four significant digits: '0.5213', '1.234e-05'."""
-    if x is None:
-        return NA
-    return _special(x) or f"{x:.4g}"
+    return _fixed(x, ".4g")
 
 
 def metric(x: float | None) -> str:
     """A task metric (accuracy, F1, perplexity) to four decimals."""
-    if x is None:
-        return NA
-    return _special(x) or f"{x:.4f}"
+    return _fixed(x, ".4f")
 
 
 def signed(x: float | None) -> str:
-    if x is None:
-        return NA
-    return _special(x) or f"{x:+.4f}"
+    return _fixed(x, "+.4f")
 
 
 def nbytes(n: int | None) -> str:
