@@ -129,13 +129,9 @@ class BiasCorrection(Pass):
 
         handles.append(executor.add_hook([n.inputs[0] for n in layers], keep_input))
         handles.append(executor.add_hook([n.outputs[0] for n in layers], measure))
-        seen = 0
         try:
-            for feeds in ctx.calibration_batches():
+            for feeds in ctx.calibration_batches(limit=opts.samples):
                 executor.run(feeds)
-                seen += 1
-                if seen >= opts.samples:
-                    break
         finally:
             for h in handles:
                 h.remove()

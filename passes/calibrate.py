@@ -120,14 +120,9 @@ class Calibrate(Pass):
             observers[id(value)].observe(tensor)
 
         handle = executor.add_hook(values, hook)
-        batches = ctx.calibration_batches()
-        total = len(data) if hasattr(data, "__len__") else None
-        from tqdm import tqdm
-
         n = 0
         try:
-            for feeds in tqdm(batches, total=_n_batches(total, ctx), desc="calibrating", unit="batch",
-                              disable=not (opts.progress and ctx.progress), leave=False):
+            for feeds in ctx.calibration_batches(desc="calibrating", progress=opts.progress):
                 executor.run(feeds)
                 n += 1
         finally:
@@ -144,13 +139,6 @@ class Calibrate(Pass):
             ranges[v.name] = (float(np.min(lo)), float(np.max(hi)))
             attach_params(model.graph, v, scale, zp)
         ctx.artifacts["calibration_batches"] = n
-
-
-def _n_batches(total: int | None, ctx: PassContext) -> int | None:
-    if total is None:
-        return None
-    bs = ctx.options.get("calib_batch_size", 1)
-    return -(-total // bs)
 
 
 __all__ = ["Calibrate", "attach_params", "zero_point_tensor"]

@@ -129,7 +129,6 @@ class Gptq(Pass):
     # -- the Hessians ---------------------------------------------------------------------------------------
 
     def _collect(self, model: Model, layers: list[_Layer], ctx: PassContext, opts: GptqOptions) -> None:
-        from tqdm import tqdm
 
         from qcompiler.passes.bias_correction import fake_quant_hook
         from qcompiler.runtime import Executor
@@ -159,12 +158,8 @@ class Gptq(Pass):
         handles = [fake_quant_hook(executor, model)]
         inputs = [lay.node.inputs[0] for lay in layers]
         handles.append(executor.add_hook(list({id(v): v for v in inputs}.values()), accumulate))
-        batches = ctx.calibration_batches()
         try:
-            for i, feeds in enumerate(tqdm(batches, desc="gptq: hessians", unit="batch", leave=False,
-                                           disable=not (opts.progress and ctx.progress))):
-                if i >= opts.samples:
-                    break
+            for feeds in ctx.calibration_batches(limit=opts.samples, desc="gptq: hessians", progress=opts.progress):
                 executor.run(feeds)
         finally:
             for h in handles:

@@ -379,7 +379,6 @@ class _Stats:
 
 def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> dict[int, _Stats]:
     """id(value) -> its `_Stats` over the calibration data (one streaming pass of the executor)."""
-    from tqdm import tqdm
 
     from qcompiler.runtime import Executor
 
@@ -390,10 +389,8 @@ def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> 
 
     executor = Executor(model)
     handle = executor.add_hook(values, hook)
-    batches = ctx.calibration_batches()
     try:
-        for feeds in tqdm(batches, desc="smooth_quant: activation ranges", unit="batch", leave=False,
-                          disable=not ctx.progress):
+        for feeds in ctx.calibration_batches(desc="smooth_quant: activation ranges"):
             executor.run(feeds)
     finally:
         handle.remove()

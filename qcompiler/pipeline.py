@@ -8,6 +8,7 @@ and can dump the IR text after any pass.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -49,11 +50,26 @@ class PassContext:
     def decide(self, pass_name: str, subject: str, action: str, reason: str = "") -> None:
         self.decisions.append(Decision(pass_name, subject, action, reason))
 
-    def calibration_batches(self) -> Any:
+    def calibration_batches(self, *, limit: int | None = None, desc: str | None = None,
+                            progress: bool = True) -> Iterable[Any]:
         """The calibration feeds in batches of the compile's `calib_batch_size` (a plain iterable of feed dicts
-        passes through as it is)."""
+        passes through as it is), the first `limit` batches only when given; with `desc`, behind a progress bar
+        (shown when both `progress` and the compile's progress are on)."""
         data = self.calibration
-        return data.batches(self.options.get("calib_batch_size", 1)) if hasattr(data, "batches") else data
+        batch_size = self.options.get("calib_batch_size", 1)
+        batches = data.batches(batch_size) if hasattr(data, "batches") else data
+        total = None
+        if hasattr(data, "__len__"):
+            total = -(-len(data) // batch_size) if hasattr(data, "batches") else len(data)
+        if limit is not None:
+            batches = itertools.islice(batches, limit)
+            total = limit if total is None else min(total, limit)
+        if desc is None:
+            return batches
+        from tqdm import tqdm
+
+        return tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
+                    disable=not (progress and self.progress))
 
 
 class Pass:
