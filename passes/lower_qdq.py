@@ -337,7 +337,7 @@ def activation_fold(node: Node) -> str | None:
     if x.is_graph_output() or y.is_graph_output() or y.quant.scale is None:
         return None
     lo, hi = _representable(y.quant)
-    a, b = (0.0, np.inf) if node.op_type == "Relu" else _clip_bounds(node)
+    a, b = activation_bounds(node)
     if a is None:
         return None
     # Exact when the quantized range lies inside the clip range and starts at its floor (or below 0).
@@ -346,6 +346,11 @@ def activation_fold(node: Node) -> str | None:
     if node.op_type == "Relu" and lo < 0:
         return None
     return ""
+
+
+def activation_bounds(node: Node) -> tuple[float | None, float]:
+    """The interval a Relu or Clip clamps to ((None, 0.0) when a Clip bound is not a constant)."""
+    return (0.0, np.inf) if node.op_type == "Relu" else _clip_bounds(node)
 
 
 def _representable(q: QuantType) -> tuple[float, float]:

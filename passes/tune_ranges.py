@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,8 @@ from .bias_correction import _act_params, _weight_dq, simulated_activations
 class TuneRangesOptions:
     epochs: int = 6
     lr: float = 0.01  # Adam step on log(scale): about 1 % of the scale per step at most
-    batch_size: int = 8
+    batch_size: int = 8  # samples per optimizer step
+    micro_batch: int = 1  # samples per forward/backward (gradients add up over a step): memory, not results
     samples: int = 128  # calibration samples held in memory and fitted on (the first ones read)
     progress: bool = True
 
@@ -90,19 +91,32 @@ class TuneRanges(Pass):
         batch = _usable_batch_size(data, opts.batch_size, opts.samples)
         handles = [executor.add_hook(acts, fq), executor.add_hook(weights, lambda v, t: w_dq[id(v)])]
 
-        def loss_of(feeds: dict[str, Any]) -> torch.Tensor:
+        def loss_of(feeds: dict[str, Any], backward: bool) -> float:
+            """The batch's loss: sum over float outputs of mean((out - ref)^2) / mean(ref^2). With `backward`,
+            its gradient is added to the scales' .grad, computed `micro_batch` samples at a time (the terms are
+            sums over samples, so the slices' gradients add up to the batch's)."""
             with torch.no_grad():
-                targets = reference.run_torch(feeds)
-            outs = executor.run_torch(feeds)
-            total = torch.zeros(())
-            for k, ref in targets.items():
-                if ref.dtype.is_floating_point:
-                    total = total + torch.mean((outs[k] - ref) ** 2) / torch.mean(ref**2).clamp_min(1e-12)
+                targets = {k: r for k, r in reference.run_torch(feeds).items() if r.dtype.is_floating_point}
+            # Slices along axis 0 only when the feeds were stacked there (batch > 1) and every output has it too.
+            rows = _rows(feeds)
+            split = batch > 1 and rows > 0 and all(r.dim() and r.shape[0] == rows for r in targets.values())
+            step = opts.micro_batch if split else max(rows, 1)
+            total = 0.0
+            for start in range(0, max(rows, 1), step):
+                part_feeds = _slice(feeds, start, step) if step < rows else feeds
+                with torch.set_grad_enabled(backward):
+                    outs = executor.run_torch(part_feeds)
+                    part = torch.zeros(())
+                    for k, ref in targets.items():
+                        r = ref[start:start + step] if step < rows else ref
+                        part = part + torch.sum((outs[k] - r) ** 2) / ref.numel() / torch.mean(ref**2).clamp_min(1e-12)
+                if backward:
+                    part.backward()
+                total += float(part.detach())
             return total
 
         def full_loss() -> float:
-            with torch.no_grad():
-                losses = [float(loss_of(f)) for f in _first_samples(data, batch, opts.samples)]
+            losses = [loss_of(f, backward=False) for f in _first_samples(data, batch, opts.samples)]
             return float(np.mean(losses)) if losses else 0.0
 
         try:
@@ -113,15 +127,14 @@ class TuneRanges(Pass):
             for _ in range(opts.epochs):
                 for feeds in _first_samples(data, batch, opts.samples):
                     optim.zero_grad()
-                    loss = loss_of(feeds)
-                    loss.backward()
+                    loss = loss_of(feeds, backward=True)
                     optim.step()
                     with torch.no_grad():
                         for k, c in cap.items():
                             if np.isfinite(c):
                                 log_s[k].clamp_(max=float(np.log(c) + np.log1p(-1e-6)))  # float32 slack
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.detach()):.3g}")
+                    bar.set_postfix(loss=f"{loss:.3g}")
             bar.close()
             after = full_loss()
         finally:
@@ -135,33 +148,37 @@ class TuneRanges(Pass):
             ratio = float(new) / float(np.exp(float(start[k])))
             s.const = Tensor(new.reshape(s.const.shape))  # type: ignore[union-attr]
             ctx.decide(self.name, f"%{s.name}", "tuned", f"scale x{ratio:.3f}")
-        for v in acts:  # QuantType is frozen: rebuild it so equality/printing see the same scale value
-            v.quant = replace(v.quant)  # type: ignore[arg-type]
         ctx.decide(self.name, "model", "tuned", f"normalized output error {before:.4g} -> {after:.4g} "
                                                 f"({10 * np.log10(before / after):+.1f} dB) on the calibration set")
         return PassResult(model, True)
 
 
 def _scale_cap(v: Value) -> float:
-    """The largest scale that keeps `v`'s quantized range inside the bounds of the Relu/Clip producing it (when
-    the calibrated range is inside them now); inf for other values."""
-    from .lower_qdq import _clip_bounds, _representable
+    """The largest scale that keeps `v`'s quantized range inside the bounds of the Relu/Clip producing it, when
+    lower_qdq will fold that Relu/Clip into the quantization (`activation_fold`); inf for other values."""
+    from .lower_qdq import _representable, activation_bounds, activation_fold
 
-    p = v.producer
-    q = v.quant
-    if p is None or q is None or p.op_type not in ("Relu", "Clip") or p.domain not in ("", "ai.onnx"):
+    p, q = v.producer, v.quant
+    if p is None or q is None or activation_fold(p) != "":
         return np.inf
-    a, b = (0.0, np.inf) if p.op_type == "Relu" else _clip_bounds(p)
-    if a is None:
-        return np.inf
+    a, b = activation_bounds(p)
+    assert a is not None  # activation_fold said the bounds are constants
     lo, hi = _representable(q)
-    if not (lo >= a - 1e-12 and hi <= b + 1e-6):
-        return np.inf
     s = float(np.max(q.scale_array()))
     caps = [s * b / hi] if np.isfinite(b) and hi > 0 else []
     if np.isfinite(a) and lo < 0 and a < 0:
         caps.append(s * a / lo)
     return min(caps, default=np.inf)
+
+
+def _rows(feeds: dict[str, Any]) -> int:
+    """The batch size of a feed dict (axis 0 of its first input; 0 for a scalar)."""
+    first = next(iter(feeds.values()))
+    return int(first.shape[0]) if getattr(first, "ndim", 0) else 0
+
+
+def _slice(feeds: dict[str, Any], start: int, size: int) -> dict[str, Any]:
+    return {k: v[start:start + size] for k, v in feeds.items()}
 
 
 def _usable_batch_size(data: Any, batch_size: int, samples: int) -> int:
