@@ -100,7 +100,7 @@ def static_recipe() -> Recipe:
             # Percentile ranges: min-max lets a few outliers stretch the step of every value (on MobileNetV2,
             # top-1 agreement with FP32 0.74 -> 0.86 with bias correction; bench/ptq_cpu.py). tune_ranges then
             # fits the activation scales to the model's output (MobileNetV2 logit SQNR 17.9 -> 20.9 dB, agreement
-            # 0.86 -> 0.93; it costs compile time: ~2 minutes there on 2 cores).
+            # 0.86 -> 0.89-0.93; it costs compile time: ~2 minutes there on 2 cores).
             activations=TensorSpec("uint8", "affine", "per_tensor", observer="percentile"),
             weights=TensorSpec("int8", "symmetric", "per_channel", observer="minmax"),
         ),
