@@ -71,13 +71,16 @@ def layer_sqnr(
     value_names: Iterable[str],
     samples: Iterable[dict[str, np.ndarray]],
     quantized_name: dict[str, str] | None = None,
+    rescaled: dict[str, np.ndarray] | None = None,
 ) -> dict[str, ErrorAccumulator]:
     """SQNR of the named float values against their counterparts in the quantized graph (`quantized_name`
     maps a float value to the quantized graph's value holding it, e.g. its dequantized copy), both graphs
-    run by the executor on `samples`."""
+    run by the executor on `samples`. `rescaled` (a pass's `ctx.artifacts["rescaled"]`): values the passes
+    left divided by an array (broadcast against the value), multiplied back before the comparison."""
     from .runtime import Executor
 
     qname = quantized_name or {}
+    factor = rescaled or {}
     fe, qe = Executor(float_model), Executor(quant_model)
     f_vals = {v.name for v in float_model.graph.values()}
     q_vals = {v.name for v in quant_model.graph.values()}
@@ -93,7 +96,8 @@ def layer_sqnr(
     def compare(value: Any, tensor: Any) -> None:
         f = back[value.name]
         if f in captured:
-            acc[f].add(captured[f], tensor.detach().cpu().numpy())
+            got = tensor.detach().cpu().numpy()
+            acc[f].add(captured[f], got * factor[f] if f in factor else got)
 
     hf = fe.add_hook(list(pairs), grab)
     hq = qe.add_hook(list(back), compare)
@@ -195,7 +199,8 @@ def build_report(
     after_act = {x: y for y, x in ctx.artifacts.get("folded_into", {}).items()}
     layer_nodes = [by_label[label] for label in quantized_nodes if label in by_label and by_label[label].outputs]
     ref_name = {id(n): after_act.get(n.outputs[0].name, n.outputs[0].name) for n in layer_nodes}
-    acc = layer_sqnr(float_model, quant_model, ref_name.values(), samples, ctx.artifacts.get("dequantized"))
+    acc = layer_sqnr(float_model, quant_model, ref_name.values(), samples, ctx.artifacts.get("dequantized"),
+                     ctx.artifacts.get("rescaled"))
     lowered = ctx.artifacts.get("lowered", {})
     layers = []
     for n in layer_nodes:
