@@ -32,7 +32,8 @@ from .bias_correction import _act_params, _weight_dq, simulated_activations
 @dataclass(frozen=True)
 class TuneRangesOptions:
     epochs: int = 6
-    lr: float = 0.01  # Adam step on log(scale): about 1 % of the scale per step at most
+    lr: float = 0.03  # Adam step on log(scale): about 3 % of the scale per step at most (MobileNetV2: 0.01 -> 0.03
+    # gives logit SQNR 22.8 -> 24.2 dB in the same 6 epochs; 0.05: 23.6 dB)
     batch_size: int = 8  # samples per optimizer step
     micro_batch: int = 1  # samples per forward/backward (gradients add up over a step): memory, not results
     samples: int = 128  # calibration samples held in memory and fitted on (the first ones read)
