@@ -155,12 +155,25 @@ def test_max_scale_caps_the_scale() -> None:
     assert "scaled by 1-4 " in _decisions(ctx, "equalized")["expand (Conv)"]
 
 
+def test_dense_reader_gets_softened_scales() -> None:
+    calib, held = _data(32, 0), _data(8, 1)
+    m = _values(_model(reader="dense"), calib, ("r",))["r"].max(axis=(0, 2, 3))
+    before = _values(_model(reader="dense"), held, ("y",))["y"]
+    model, ctx = _run(_model(reader="dense"), calib, dense_alpha=0.5)
+    np.testing.assert_allclose(_values(model, held, ("y",))["y"], before, rtol=1e-5,
+                               atol=1e-5 * np.abs(before).max())
+    s = _values(model, calib, ("r",))["r"].max(axis=(0, 2, 3)) / m
+    full = np.minimum(np.minimum(m.max(), 3.0) / m, 32.0)  # what a depthwise reader would get
+    np.testing.assert_allclose(s, np.sqrt(np.maximum(full, 1.0)), rtol=1e-5)
+    assert "dw (Conv) divided back" in _decisions(ctx, "equalized")["expand (Conv)"]
+
+
 def test_dense_reader_or_other_reader_is_kept_with_the_reason() -> None:
     calib = _data(8, 0)
-    for model, why in ((_model(reader="dense"), "dw (Conv) reads its activation and is not a depthwise"),
-                       (_model(fanout=True), "other (Relu) reads its activation and is not a depthwise")):
+    for model, why in ((_model(reader="dense"), "dw (Conv) reads its activation and is a dense convolution"),
+                       (_model(fanout=True), "other (Relu) reads its activation and cannot divide the scales back")):
         w1 = model.graph.find_node("expand").inputs[1].const.numpy().copy()
-        out, ctx = _run(model, calib)
+        out, ctx = _run(model, calib, dense_alpha=0.0)
         assert why in _decisions(ctx, "kept")["expand (Conv)"]
         np.testing.assert_array_equal(out.graph.find_node("expand").inputs[1].const.numpy(), w1)
         assert "rescaled" not in ctx.artifacts
