@@ -141,7 +141,9 @@ def _plan(model: Model, ctx: PassContext, pass_name: str, dense_ok: bool) -> lis
         z = p.outputs[0]
         if z.is_graph_output() or len(z.uses) != 1:
             continue
-        act = z.uses[0][0]
+        act, slot = z.uses[0]
+        if slot != 0:  # z is a bound of the Clip, not its data
+            continue
         cap = _activation_cap(act, inputs)
         if cap is False:
             continue
