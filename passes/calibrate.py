@@ -119,14 +119,7 @@ class Calibrate(Pass):
         def hook(value: Value, tensor: Any) -> None:
             observers[id(value)].observe(tensor)
 
-        handle = executor.add_hook(values, hook)
-        n = 0
-        try:
-            for feeds in ctx.calibration_batches(desc="calibrating", progress=opts.progress):
-                executor.run(feeds)
-                n += 1
-        finally:
-            handle.remove()
+        n = ctx.observe(executor, values, hook, desc="calibrating", progress=opts.progress)
         if n == 0:
             raise CalibrationError("the calibration set is empty")
         ranges = ctx.artifacts.setdefault("ranges", {})

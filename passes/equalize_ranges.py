@@ -122,7 +122,9 @@ class EqualizeRanges(Pass):
                 ctx.decide(self.name, subject(site.producer), "kept", "its channels already share one range")
                 continue
             _apply(model, site, s)
-            inverse = (1.0 / s).reshape((-1,) + (1,) * (len(y.type.shape) - 2)) if y.type.shape else 1.0 / s
+            # Along axis 1 of conv_p's output, whose rank is its weight's (known even where the shape is not).
+            rank = len(site.producer.inputs[1].const.shape)  # type: ignore[union-attr]
+            inverse = (1.0 / s).reshape((-1,) + (1,) * (rank - 2))
             rescaled = ctx.artifacts.setdefault("rescaled", {})
             for v in (site.producer.outputs[0], y):
                 rescaled[v.name] = inverse
@@ -225,13 +227,7 @@ def _channel_maxima(model: Model, values: list[Value], ctx: PassContext) -> dict
         old = maxima.get(id(value))
         maxima[id(value)] = m if old is None else torch.maximum(old, m)
 
-    executor = Executor(model)
-    handle = executor.add_hook(values, hook)
-    try:
-        for feeds in ctx.calibration_batches(desc="equalize_ranges: channel ranges"):
-            executor.run(feeds)
-    finally:
-        handle.remove()
+    ctx.observe(Executor(model), values, hook, desc="equalize_ranges: channel ranges")
     return {k: v.numpy() for k, v in maxima.items()}
 
 

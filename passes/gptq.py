@@ -155,15 +155,10 @@ class Gptq(Pass):
                 for lay in group[1:]:
                     lay.hessian, lay.count = first.hessian, first.count
 
-        handles = [fake_quant_hook(executor, model)]
-        inputs = [lay.node.inputs[0] for lay in layers]
-        handles.append(executor.add_hook(list({id(v): v for v in inputs}.values()), accumulate))
-        try:
-            for feeds in ctx.calibration_batches(limit=opts.samples, desc="gptq: hessians", progress=opts.progress):
-                executor.run(feeds)
-        finally:
-            for h in handles:
-                h.remove()
+        inputs = list({id(lay.node.inputs[0]): lay.node.inputs[0] for lay in layers}.values())
+        with fake_quant_hook(executor, model):
+            ctx.observe(executor, inputs, accumulate, limit=opts.samples, desc="gptq: hessians",
+                        progress=opts.progress)
 
     # -- rounding -------------------------------------------------------------------------------------------
 

@@ -387,13 +387,7 @@ def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> 
     def hook(value: Value, t: Any) -> None:
         stats[id(value)].update(t)
 
-    executor = Executor(model)
-    handle = executor.add_hook(values, hook)
-    try:
-        for feeds in ctx.calibration_batches(desc="smooth_quant: activation ranges"):
-            executor.run(feeds)
-    finally:
-        handle.remove()
+    ctx.observe(Executor(model), values, hook, desc="smooth_quant: activation ranges")
     return {k: v for k, v in stats.items() if v.amax is not None}
 
 

@@ -71,6 +71,18 @@ class PassContext:
         return tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
                     disable=not (progress and self.progress))
 
+    def observe(self, executor: Any, values: Sequence[Any], hook: Callable[[Any, Any], Any], *, desc: str,
+                limit: int | None = None, progress: bool = True) -> int:
+        """Run `executor` (a `qcompiler.runtime.Executor`) over `calibration_batches(limit=, desc=, progress=)`
+        with `hook(value, tensor)` on `values`, detached afterwards; returns how many batches ran. Streaming:
+        what the hook keeps is all that stays in memory."""
+        n = 0
+        with executor.add_hook(values, hook):
+            for feeds in self.calibration_batches(limit=limit, desc=desc, progress=progress):
+                executor.run(feeds)
+                n += 1
+        return n
+
 
 class Pass:
     """Base class. Subclasses set `name` (and optionally `requires`/`ensures`) and implement `run`.
