@@ -139,7 +139,9 @@ def _unsqueeze(data: torch.Tensor, axes: list[int]) -> torch.Tensor:
 def transpose(ctx: OpContext, data: torch.Tensor, perm: list[int] | None = None) -> torch.Tensor:
     if perm is None:
         perm = list(range(data.dim()))[::-1]
-    return data.permute(perm)
+    # Contiguous, not a strided view: a MatMul reading a transposed view takes another BLAS path whose sums
+    # differ in the last bit (AVX-512), and then a graph computes other values than its constant-folded self.
+    return data.permute(perm).contiguous()
 
 
 @register("Concat", since=4, traits=MOVE)
