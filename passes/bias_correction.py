@@ -21,6 +21,8 @@ from qcompiler.numerics import dequantize, get_format, quantize
 from qcompiler.numerics.scheme import Scheme, quant_range
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
+from .gptq import FLOAT_CONST
+
 CORRECTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -96,8 +98,9 @@ class BiasCorrection(Pass):
         for n in layers:
             w = n.inputs[1]
             assert w is not None and w.const is not None and w.quant is not None
-            wf = w.const.numpy().astype(np.float32)
-            wq = _weight_dq(w.quant, wf).astype(np.float32)
+            wq = _weight_dq(w.quant, w.const.numpy().astype(np.float32)).astype(np.float32)
+            # Against the float weights, also where gptq has already put the constant on the grid.
+            wf = w.meta.get(FLOAT_CONST, w.const).numpy().astype(np.float32)
             w_dq[id(w)] = torch.from_numpy(wq)
             delta[id(n)] = torch.from_numpy(wq - wf)
         handles.append(executor.add_hook([n.inputs[1] for n in layers], lambda v, t: w_dq[id(v)]))

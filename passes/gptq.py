@@ -31,6 +31,8 @@ from qcompiler.numerics.scheme import Scheme, quant_range
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
 ROUNDED_OPS = ("Conv", "Gemm", "MatMul")
+# `Value.meta` key: the float weights a pass replaced by weights on the quantization grid.
+FLOAT_CONST = "float_const"
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,11 @@ class Gptq(Pass):
             nw.quant = q
             n.set_input(1, nw)
         else:
+            nw = w
             w.const = Tensor(new)
             w.type = TensorType(w.const.dtype, w.const.shape)
+        # The float weights stay known: later passes that fit the quantized model to the float one need them.
+        nw.meta.setdefault(FLOAT_CONST, Tensor(wf))
         ctx.decide(self.name, n.label(), "rounded",
                    f"output error energy {after:.3g} vs {before:.3g} with nearest rounding "
                    f"({_db(before, after):+.1f} dB), {lay.count} input rows")

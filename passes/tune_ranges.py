@@ -7,13 +7,23 @@ model simulated (activations fake-quantized with a straight-through estimator, w
 treats the log of every per-tensor activation scale as a parameter and minimizes, with Adam over the calibration
 set, the squared error of the model outputs against the float model's (normalized by their energy). Zero points
 stay as calibrated (the range scales about them). The new scales replace the calibrated ones only when they
-lower the loss over the whole calibration set. Runs after `calibrate` (and `bias_correction`), before
+lower the loss over the whole calibration set. Runs after `calibrate` (and `gptq`, `bias_correction`), before
 `lower_qdq`.
+
+With `weight_scales`, the per-channel (or per-tensor) scales of the integer weights are fitted too, their integers
+kept as they are (as `gptq` chose them): each output channel's gain then absorbs the systematic part of its
+weights' rounding and of the activation error upstream. The integers are kept because a calibration set of a
+hundred samples is no basis for choosing millions of them; a gain per channel is. The float model the fit aims at
+has the float weights, also where `gptq` has put the constants on the grid (it keeps them in `Value.meta`).
+MobileNetV2 logit SQNR on its evaluation crops: 19.2 dB before this pass; 23.7 fitting activation scales to the
+model with gptq's weights, 24.4 to the float model, 26.6 with the weight scales fitted too (`weight_lr` 0.001:
+25.3; 10 epochs instead of 6: 26.3).
 """
 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +33,11 @@ import torch
 
 from qcompiler.errors import CalibrationError
 from qcompiler.ir import Model, Tensor, Value
-from qcompiler.numerics import PerTensor, get_format
+from qcompiler.numerics import PerChannel, PerTensor, get_format
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
 from .bias_correction import _act_params, _weight_dq, simulated_activations
+from .gptq import FLOAT_CONST
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,8 @@ class TuneRangesOptions:
     micro_batch: int = 1  # samples per forward/backward (gradients add up over a step): memory, not results
     samples: int = 128  # calibration samples held in memory and fitted on (the first ones read)
     progress: bool = True
+    weight_scales: bool = True  # fit the integer weights' scales as well, their integers fixed
+    weight_lr: float = 0.0003  # Adam step on log(weight scale)
 
 
 @register_pass
@@ -86,11 +99,27 @@ class TuneRanges(Pass):
                                                    dtype=np.float32))
                 for v in weights}
 
+        # One log-gain per weight scale entry (per output channel, or one per tensor), the integers fixed.
+        owners = Counter(id(v.quant.scale) for v in weights)  # type: ignore[union-attr]
+        gains = {id(v): torch.zeros(v.quant.scale.const.shape, requires_grad=True)  # type: ignore[union-attr]
+                 for v in weights if opts.weight_scales and _gain_shape(v) is not None
+                 and owners[id(v.quant.scale)] == 1}  # type: ignore[union-attr]
+
+        def weight_dq(value: Value, t: torch.Tensor) -> torch.Tensor:
+            g = gains.get(id(value))
+            w = w_dq[id(value)]
+            return w if g is None else w * torch.exp(g).reshape(_gain_shape(value))  # type: ignore[arg-type]
+
         # The float reference runs beside the simulated model, batch by batch: nothing is held across batches, so
         # memory stays the same however many calibration samples there are (at most `samples` are read).
         reference, executor = Executor(model), Executor(model)
+        # The reference is the float model: weights that gptq moved onto the grid read as they were before.
+        originals = {id(v): torch.from_numpy(v.meta[FLOAT_CONST].numpy().astype(np.float32))
+                     for v in graph.values() if FLOAT_CONST in v.meta}
+        if originals:
+            reference.add_hook([v for v in graph.values() if id(v) in originals], lambda v, t: originals[id(v)])
         batch = _usable_batch_size(data, opts.batch_size, opts.samples)
-        handles = [executor.add_hook(acts, fq), executor.add_hook(weights, lambda v, t: w_dq[id(v)])]
+        handles = [executor.add_hook(acts, fq), executor.add_hook(weights, weight_dq)]
 
         def loss_of(feeds: dict[str, Any], backward: bool) -> float:
             """The batch's loss: sum over float outputs of mean((out - ref)^2) / mean(ref^2). With `backward`,
@@ -123,7 +152,8 @@ class TuneRanges(Pass):
         try:
             start = {k: p.detach().clone() for k, p in log_s.items()}
             before = full_loss()
-            optim = torch.optim.Adam(list(log_s.values()), lr=opts.lr)
+            optim = torch.optim.Adam([{"params": list(log_s.values()), "lr": opts.lr},
+                                      {"params": list(gains.values()), "lr": opts.weight_lr}])
             bar = tqdm(desc="tune_ranges", unit="batch", leave=False, disable=not (opts.progress and ctx.progress))
             for _ in range(opts.epochs):
                 for feeds in _first_samples(data, batch, opts.samples):
@@ -149,9 +179,42 @@ class TuneRanges(Pass):
             ratio = float(new) / float(np.exp(float(start[k])))
             s.const = Tensor(new.reshape(s.const.shape))  # type: ignore[union-attr]
             ctx.decide(self.name, f"%{s.name}", "tuned", f"scale x{ratio:.3f}")
+        for v in weights:
+            if id(v) in gains:
+                _apply_gain(v, np.exp(gains[id(v)].detach().numpy()).astype(np.float32))
+        if gains:
+            g = np.concatenate([np.abs(t.detach().numpy()).ravel() for t in gains.values()])
+            ctx.decide(self.name, "weights", "tuned", f"{len(gains)} weight tensors' scales, integers kept: "
+                                                      f"|log gain| mean {g.mean():.2g}, max {g.max():.2g}")
         ctx.decide(self.name, "model", "tuned", f"normalized output error {before:.4g} -> {after:.4g} "
                                                 f"({10 * np.log10(before / after):+.1f} dB) on the calibration set")
         return PassResult(model, True)
+
+
+def _gain_shape(w: Value) -> list[int] | None:
+    """How a gain of `w`'s scale's shape broadcasts over `w`: [-1] on the channel axis (per channel), [] (per
+    tensor); None for other granularities (groups, blocks) and for scales that are no constant."""
+    q = w.quant
+    s = q.scale if q is not None else None
+    if s is None or s.const is None or w.const is None:
+        return None
+    if isinstance(q.granularity, PerTensor):  # type: ignore[union-attr]
+        return []
+    if isinstance(q.granularity, PerChannel):  # type: ignore[union-attr]
+        shape = [1] * w.const.numpy().ndim
+        shape[q.granularity.axis] = -1  # type: ignore[union-attr]
+        return shape
+    return None
+
+
+def _apply_gain(w: Value, gain: np.ndarray) -> None:
+    """Multiply `w`'s scale and its (dequantized) values by `gain`: its integers stay the same (and the float
+    weights stay known, as gptq keeps them)."""
+    dq = _weight_dq(w.quant, w.const.numpy().astype(np.float32))  # type: ignore[arg-type, union-attr]
+    w.meta.setdefault(FLOAT_CONST, w.const)
+    s = w.quant.scale  # type: ignore[union-attr]
+    s.const = Tensor((s.const.numpy() * gain).astype(np.float32))  # type: ignore[union-attr]
+    w.const = Tensor((dq * gain.reshape(_gain_shape(w))).astype(np.float32))  # type: ignore[arg-type]
 
 
 def _scale_cap(v: Value) -> float:

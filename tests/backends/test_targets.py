@@ -26,7 +26,7 @@ def test_cpu_int8_is_static_u8_activations_s8_per_channel_weights():
     assert (q.weights.format, q.weights.scheme, q.weights.granularity) == ("int8", "symmetric", "per_channel")
     assert not q.dynamic and q.activations.observer == "percentile"
     assert [p.name for p in t.default_recipe.passes] == [
-        "canonicalize", "equalize_ranges", "assign_quant_types", "calibrate", "gptq", "bias_correction",
+        "canonicalize", "equalize_ranges", "assign_quant_types", "calibrate", "gptq",
         "tune_ranges", "lower_qdq"]
     assert t.default_recipe.target == "cpu-int8"
     assert any("u8 x s8" in n for n in t.notes)

@@ -41,14 +41,15 @@ def _run(proto, passes, samples):
     return model, ctx
 
 
-def _mean_error(model, samples, bias_name: str | None, b0: np.ndarray) -> np.ndarray:
-    """Mean per channel of conv(x_q, W_q) + b' - (conv(x_q, W) + b): the error quantized weights leave."""
+def _mean_error(model, samples, bias_name: str | None, b0: np.ndarray, w_float: np.ndarray | None = None) -> np.ndarray:
+    """Mean per channel of conv(x_q, W_q) + b' - (conv(x_q, W) + b): the error quantized weights leave (W: the
+    model's weights, or `w_float`)."""
     g = model.graph
     w = g.initializers["w"]
     wq = w.quant
     scale = wq.scale.const.numpy()
-    w_f = w.const.numpy()
-    w_dq = dequantize(quantize(w_f, scale, None, get_format("int4"), PerChannel(0)), scale, None, get_format("int4"),
+    w_f = w.const.numpy() if w_float is None else w_float
+    w_dq = dequantize(quantize(w.const.numpy(), scale, None, get_format("int4"), PerChannel(0)), scale, None, get_format("int4"),
                       PerChannel(0))
     xq_t = g.inputs[0].quant
     s, z = float(xq_t.scale.const.numpy()), float(xq_t.zero_point.const.numpy())
@@ -85,3 +86,21 @@ def test_missing_bias_is_created() -> None:
     conv = after.graph.find_node("conv")
     assert len(conv.inputs) == 3 and conv.inputs[2].name == "conv.bias"
     assert np.abs(_mean_error(after, samples, "conv.bias", np.zeros(6, np.float32))).max() < 1e-4
+
+
+def test_after_gptq_the_shift_is_measured_against_the_float_weights() -> None:
+    # gptq leaves weights on the grid (W_q - W_const = 0); the shift that remains is against the float weights,
+    # which gptq keeps in the weight's meta.
+    from qcompiler.passes.gptq import FLOAT_CONST
+
+    proto = _conv_model()
+    w0 = numpy_helper.to_array(proto.graph.initializer[0]).astype(np.float32)
+    b0 = numpy_helper.to_array(proto.graph.initializer[1]).astype(np.float32)
+    samples = [{"x": (RNG.standard_normal((1, 4, 10, 10)) + 1.5).astype(np.float32)} for _ in range(12)]
+    rounded, _ = _run(proto, ["assign_quant_types", "calibrate", "gptq"], samples)
+    np.testing.assert_array_equal(rounded.graph.initializers["w"].meta[FLOAT_CONST].numpy(), w0)
+    after, ctx = _run(proto, ["assign_quant_types", "calibrate", "gptq", "bias_correction"], samples)
+    err_before = np.abs(_mean_error(rounded, samples, "b", b0, w_float=w0))
+    err_after = np.abs(_mean_error(after, samples, "b", b0, w_float=w0))
+    assert err_before.max() > 0.01, err_before
+    assert err_after.max() < 1e-4, err_after

@@ -50,14 +50,15 @@ def _compile(calib: _Samples, passes: tuple[str, ...], **tune: object):
     return pm.run(model, ctx), ctx
 
 
-def _held_out_error(model, held: _Samples) -> float:
-    """Mean squared output error of the simulated quantized model (activations fake-quantized)."""
+def _held_out_error(model, held: _Samples, reference=None) -> float:
+    """Mean squared output error of the simulated quantized model (activations fake-quantized, weights as
+    stored) against `reference` run in float (default: `model` itself run in float)."""
     import torch
 
     from qcompiler.passes.bias_correction import fake_quant_hook
     from qcompiler.runtime import Executor
 
-    ref_exec, sim = Executor(model), Executor(model)
+    ref_exec, sim = Executor(model if reference is None else reference), Executor(model)
     handle = fake_quant_hook(sim, model)
     try:
         errs = []
@@ -73,14 +74,15 @@ def test_range_set_by_an_ignored_channel_is_tightened_and_error_drops() -> None:
     calib, held = _data(96), _data(64)
     base, _ = _compile(calib, ("assign_quant_types", "calibrate"))
     x_scale0 = float(base.graph.inputs[0].quant.scale.const.numpy())
-    tuned, ctx = _compile(calib, ("assign_quant_types", "calibrate", "tune_ranges"), epochs=20, lr=0.05)
+    tuned, ctx = _compile(calib, ("assign_quant_types", "calibrate", "tune_ranges"), epochs=20, lr=0.05,
+                          weight_scales=False)
     x_scale = float(tuned.graph.inputs[0].quant.scale.const.numpy())
     assert x_scale < 0.3 * x_scale0  # channel 3 is clipped: it no longer sets the input's step
     err0, err1 = _held_out_error(base, held), _held_out_error(tuned, held)
     assert err1 < 0.5 * err0, (err0, err1)
     summary = [d for d in ctx.decisions if d.pass_name == "tune_ranges" and d.subject == "model"]
     assert summary and summary[0].action == "tuned" and "dB" in summary[0].reason
-    # Every activation scale got a line; weights keep their calibrated scales.
+    # Every activation scale got a line; weights keep their calibrated scales (weight_scales=False).
     from qcompiler.passes.bias_correction import simulated_activations
 
     act_scales = {f"%{v.quant.scale.name}" for v in simulated_activations(tuned)}
@@ -88,6 +90,39 @@ def test_range_set_by_an_ignored_channel_is_tightened_and_error_drops() -> None:
     assert "%x_scale" in act_scales
     np.testing.assert_array_equal(tuned.graph.initializers["w1"].quant.scale.const.numpy(),
                                   base.graph.initializers["w1"].quant.scale.const.numpy())
+
+
+def test_weight_scales_fit_the_float_model_and_the_integers_stay() -> None:
+    # A systematic gain error per output channel of fc2's weights (what rounding and upstream clipping leave),
+    # integers unchanged, with the float weights in the meta as gptq leaves them: fitting the weight scales
+    # removes it; fitting activation scales alone cannot.
+    from qcompiler.passes.bias_correction import _weight_dq
+    from qcompiler.passes.gptq import FLOAT_CONST
+
+    calib, held = _data(96), _data(64)
+    float_model, _ = _compile(calib, ("assign_quant_types", "calibrate"))
+    gain = np.array([1.15, 0.9, 1.0, 1.08], np.float32)
+    results = {}
+    for fit in (False, True):
+        model, ctx = _compile(calib, ("assign_quant_types", "calibrate"))
+        w2 = model.graph.initializers["w2"]
+        w0 = w2.const.numpy().copy()
+        on_grid = _weight_dq(w2.quant, w0)
+        w2.meta[FLOAT_CONST] = Tensor(w0)
+        w2.const = Tensor((on_grid * gain).astype(np.float32))
+        w2.quant.scale.const = Tensor(w2.quant.scale.const.numpy() * gain.reshape(w2.quant.scale.const.shape))
+        ints = w2.const.numpy() / w2.quant.scale.const.numpy().reshape(1, -1)
+        model = get_pass("tune_ranges", epochs=20, weight_lr=0.01, weight_scales=fit)(model, ctx).model
+        fitted = w2.const.numpy() / w2.quant.scale.const.numpy().reshape(1, -1)
+        np.testing.assert_allclose(fitted, ints, atol=1e-4)  # the integers are the same
+        np.testing.assert_allclose(fitted, np.round(fitted), atol=1e-4)
+        results[fit] = (_held_out_error(model, held, reference=float_model), w2.quant.scale.const.numpy().ravel(), ctx)
+    (err_fixed, _, _), (err_fit, scale, ctx) = results[False], results[True]
+    true_scale = float_model.graph.initializers["w2"].quant.scale.const.numpy().ravel()
+    np.testing.assert_allclose(scale / true_scale, 1.0, atol=0.03)  # the gains are undone
+    assert err_fit < 0.2 * err_fixed, (err_fit, err_fixed)
+    [line] = [d for d in ctx.decisions if d.pass_name == "tune_ranges" and d.subject == "weights"]
+    assert line.action == "tuned" and "integers kept" in line.reason
 
 
 def test_no_gain_keeps_the_calibrated_scales() -> None:
