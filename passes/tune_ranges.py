@@ -63,7 +63,7 @@ class TuneRanges(Pass):
         from tqdm import tqdm
 
         from qcompiler.runtime import Executor
-        from qcompiler.runtime.fake_quant import fake_quantize
+        from qcompiler.runtime.fake_quant import _broadcast, fake_quantize
 
         opts: TuneRangesOptions = self.options()
         data = ctx.calibration
@@ -99,16 +99,19 @@ class TuneRanges(Pass):
                                                    dtype=np.float32))
                 for v in weights}
 
-        # One log-gain per weight scale entry (per output channel, or one per tensor), the integers fixed.
+        # One log-gain per weight scale entry (per output channel, or one per tensor), the integers fixed; with
+        # the axis it lies along (None per tensor).
         owners = Counter(id(v.quant.scale) for v in weights)  # type: ignore[union-attr]
-        gains = {id(v): torch.zeros(v.quant.scale.const.shape, requires_grad=True)  # type: ignore[union-attr]
-                 for v in weights if opts.weight_scales and _gain_shape(v) is not None
-                 and owners[id(v.quant.scale)] == 1}  # type: ignore[union-attr]
+        gains = {id(v): (torch.zeros(v.quant.scale.const.shape, requires_grad=True),  # type: ignore[union-attr]
+                         getattr(v.quant.granularity, "axis", None))  # type: ignore[union-attr]
+                 for v in weights if opts.weight_scales and _has_gain(v) and owners[id(v.quant.scale)] == 1}  # type: ignore[union-attr]
 
-        def weight_dq(value: Value, t: torch.Tensor) -> torch.Tensor:
-            g = gains.get(id(value))
+        def weight_dq(value: Value, t: torch.Tensor | None = None) -> torch.Tensor:
             w = w_dq[id(value)]
-            return w if g is None else w * torch.exp(g).reshape(_gain_shape(value))  # type: ignore[arg-type]
+            if id(value) not in gains:
+                return w
+            g, axis = gains[id(value)]
+            return w * torch.exp(_broadcast(g, w, axis))
 
         # The float reference runs beside the simulated model, batch by batch: nothing is held across batches, so
         # memory stays the same however many calibration samples there are (at most `samples` are read).
@@ -153,7 +156,7 @@ class TuneRanges(Pass):
             start = {k: p.detach().clone() for k, p in log_s.items()}
             before = full_loss()
             optim = torch.optim.Adam([{"params": list(log_s.values()), "lr": opts.lr},
-                                      {"params": list(gains.values()), "lr": opts.weight_lr}])
+                                      {"params": [g for g, _ in gains.values()], "lr": opts.weight_lr}])
             bar = tqdm(desc="tune_ranges", unit="batch", leave=False, disable=not (opts.progress and ctx.progress))
             for _ in range(opts.epochs):
                 for feeds in _first_samples(data, batch, opts.samples):
@@ -179,11 +182,16 @@ class TuneRanges(Pass):
             ratio = float(new) / float(np.exp(float(start[k])))
             s.const = Tensor(new.reshape(s.const.shape))  # type: ignore[union-attr]
             ctx.decide(self.name, f"%{s.name}", "tuned", f"scale x{ratio:.3f}")
+        # The weights as simulated, scale and values times the gain: the integers stay the same (and the float
+        # weights stay known, as gptq keeps them).
         for v in weights:
             if id(v) in gains:
-                _apply_gain(v, np.exp(gains[id(v)].detach().numpy()).astype(np.float32))
+                sc = v.quant.scale  # type: ignore[union-attr]
+                sc.const = Tensor((sc.const.numpy() * np.exp(gains[id(v)][0].detach().numpy())).astype(np.float32))  # type: ignore[union-attr]
+                v.meta.setdefault(FLOAT_CONST, v.const)
+                v.const = Tensor(weight_dq(v).detach().numpy())
         if gains:
-            g = np.concatenate([np.abs(t.detach().numpy()).ravel() for t in gains.values()])
+            g = np.concatenate([np.abs(t.detach().numpy()).ravel() for t, _ in gains.values()])
             ctx.decide(self.name, "weights", "tuned", f"{len(gains)} weight tensors' scales, integers kept: "
                                                       f"|log gain| mean {g.mean():.2g}, max {g.max():.2g}")
         ctx.decide(self.name, "model", "tuned", f"normalized output error {before:.4g} -> {after:.4g} "
@@ -191,30 +199,11 @@ class TuneRanges(Pass):
         return PassResult(model, True)
 
 
-def _gain_shape(w: Value) -> list[int] | None:
-    """How a gain of `w`'s scale's shape broadcasts over `w`: [-1] on the channel axis (per channel), [] (per
-    tensor); None for other granularities (groups, blocks) and for scales that are no constant."""
+def _has_gain(w: Value) -> bool:
+    """Whether `w`'s scale can take a fitted gain: a constant, per tensor or per channel (not groups, blocks)."""
     q = w.quant
-    s = q.scale if q is not None else None
-    if s is None or s.const is None or w.const is None:
-        return None
-    if isinstance(q.granularity, PerTensor):  # type: ignore[union-attr]
-        return []
-    if isinstance(q.granularity, PerChannel):  # type: ignore[union-attr]
-        shape = [1] * w.const.numpy().ndim
-        shape[q.granularity.axis] = -1  # type: ignore[union-attr]
-        return shape
-    return None
-
-
-def _apply_gain(w: Value, gain: np.ndarray) -> None:
-    """Multiply `w`'s scale and its (dequantized) values by `gain`: its integers stay the same (and the float
-    weights stay known, as gptq keeps them)."""
-    dq = _weight_dq(w.quant, w.const.numpy().astype(np.float32))  # type: ignore[arg-type, union-attr]
-    w.meta.setdefault(FLOAT_CONST, w.const)
-    s = w.quant.scale  # type: ignore[union-attr]
-    s.const = Tensor((s.const.numpy() * gain).astype(np.float32))  # type: ignore[union-attr]
-    w.const = Tensor((dq * gain.reshape(_gain_shape(w))).astype(np.float32))  # type: ignore[arg-type]
+    return q is not None and q.scale is not None and q.scale.const is not None and w.const is not None \
+        and isinstance(q.granularity, PerTensor | PerChannel)
 
 
 def _scale_cap(v: Value) -> float:
