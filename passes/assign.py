@@ -27,6 +27,8 @@ from qcompiler.numerics import PerChannel, PerGroup, PerTensor
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 from qcompiler.recipe import QuantizeSection, TensorSpec
 
+from ._rewrite import is_standard
+
 LINEAR = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 ARITH = {"Add", "Mul", "Sub", "Div"}
 OWN_RANGE = {
@@ -41,6 +43,8 @@ REMOVABLE = {"Relu", "Clip"}
 QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 # Inputs of movement ops that carry data (the rest are shapes, indices, pads).
 _MOVEMENT_DATA_INPUT = 0
+# Node.meta key: a pass that built a node to run in float (llm_int8's outlier path) puts the reason here.
+KEEP_FLOAT = "keep_float"
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,8 @@ def plan_node(node: Node, q: QuantizeSection, kernels: dict[str, str] | None, ta
         return NodePlan(node, False, f"op domain {node.domain!r} has no quantized form here", kind)
     if node.op_type in QUANT_OPS:
         return NodePlan(node, False, "already a quantization op", kind)
+    if node.meta.get(KEEP_FLOAT):
+        return NodePlan(node, False, str(node.meta[KEEP_FLOAT]), kind)
     if not kind:
         return NodePlan(node, False, f"no integer kernel for {node.op_type}", kind)
     if kernels is not None and node.op_type not in kernels:
@@ -153,6 +159,14 @@ def plan(model: Model, q: QuantizeSection, target: object = None) -> list[NodePl
             plans[i] = NodePlan(plans[i].node, False, "first/last quantizable layer kept float by the recipe",
                                 plans[i].kind)
     return plans
+
+
+def quantized_linear(model: Model, ctx: PassContext) -> set[int]:
+    """ids of the MatMul/Gemm nodes the recipe will quantize (all with a constant weight, without a recipe)."""
+    recipe = ctx.options.get("recipe")
+    if recipe is None:
+        return {id(n) for n in model.graph.nodes if is_standard(n, "MatMul", "Gemm") and not n.meta.get(KEEP_FLOAT)}
+    return {id(p.node) for p in plan(model, recipe.quantize, ctx.target) if p.quantize and p.kind == "linear"}
 
 
 @register_pass

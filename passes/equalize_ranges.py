@@ -92,11 +92,7 @@ class EqualizeRanges(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: EqualizeRangesOptions = self.options()
-        if not opts.enabled:
-            ctx.decide(self.name, "model", "skipped", "disabled by the recipe (enabled = false)")
-            return PassResult(model, False)
-        if ctx.calibration is None:
-            ctx.decide(self.name, "model", "skipped", "needs calibration data (none was given)")
+        if self.skipped(ctx, enabled=opts.enabled, needs_data=True):
             return PassResult(model, False)
         recipe = ctx.options.get("recipe")
         weights = recipe.quantize.weights if recipe is not None else None

@@ -46,6 +46,7 @@ from qcompiler.ir import DType, Graph, Model, Node, Tensor, TensorType, Value
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
 from ._rewrite import constant, graph_input_ids, is_standard, set_constant, subject
+from .assign import quantized_linear
 
 MS_DOMAIN = "com.microsoft"
 FOLD_TARGETS = ("LayerNormalization", "MatMul", "Gemm", "MultiHeadAttention")
@@ -120,17 +121,13 @@ class SmoothQuant(Pass):
 
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         opts: SmoothQuantOptions = self.options()
-        if not opts.enabled:
-            ctx.decide(self.name, "model", "skipped", "disabled by the recipe (enabled = false)")
-            return PassResult(model, False)
-        if ctx.calibration is None:
-            ctx.decide(self.name, "model", "skipped", "needs calibration data (none was given)")
+        if self.skipped(ctx, enabled=opts.enabled, needs_data=True):
             return PassResult(model, False)
         graph = model.graph
         sites = self._plan(model, ctx, opts)
         if not sites:
             return PassResult(model, False)
-        stats = _collect(model, [s.x for s in sites], ctx, opts.search_batches if opts.alpha_grid else 0)
+        stats = channel_stats(model, [s.x for s in sites], ctx, opts.search_batches if opts.alpha_grid else 0)
         changed = False
         for site in sites:
             st = stats.get(id(site.x))
@@ -155,7 +152,7 @@ class SmoothQuant(Pass):
     # -- which activations, and how ------------------------------------------------------------------------
     def _plan(self, model: Model, ctx: PassContext, opts: SmoothQuantOptions) -> list[_Site]:
         graph = model.graph
-        eligible = _quantized_linear(model, ctx)
+        eligible = quantized_linear(model, ctx)
         inputs = graph_input_ids(graph)
         by_x: dict[int, tuple[Value, list[Node]]] = {}
         for n in graph.nodes:
@@ -183,17 +180,6 @@ class SmoothQuant(Pass):
 
 
 # -- checks ------------------------------------------------------------------------------------------------
-
-
-def _quantized_linear(model: Model, ctx: PassContext) -> set[int]:
-    """ids of the MatMul/Gemm nodes the recipe will quantize (all with a constant weight, without a recipe)."""
-    recipe = ctx.options.get("recipe")
-    nodes = [n for n in model.graph.nodes if is_standard(n, "MatMul", "Gemm")]
-    if recipe is None:
-        return {id(n) for n in nodes}
-    from .assign import plan
-
-    return {id(p.node) for p in plan(model, recipe.quantize, ctx.target) if p.quantize and p.kind == "linear"}
 
 
 def _reader_ok(n: Node, inputs: set[int]) -> str | None:
@@ -377,8 +363,10 @@ class _Stats:
             self.batches.append((hi, lo, x.shape[0]))
 
 
-def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> dict[int, _Stats]:
-    """id(value) -> its `_Stats` over the calibration data (one streaming pass of the executor)."""
+def channel_stats(model: Model, values: list[Value], ctx: PassContext, keep: int = 0, *,
+                  desc: str = "smooth_quant: activation ranges") -> dict[int, _Stats]:
+    """id(value) -> its `_Stats` (per channel of the last axis) over the calibration data: one streaming pass
+    of the executor; values the runs never computed are left out."""
 
     from qcompiler.runtime import Executor
 
@@ -387,7 +375,7 @@ def _collect(model: Model, values: list[Value], ctx: PassContext, keep: int) -> 
     def hook(value: Value, t: Any) -> None:
         stats[id(value)].update(t)
 
-    ctx.observe(Executor(model), values, hook, desc="smooth_quant: activation ranges")
+    ctx.observe(Executor(model), values, hook, desc=desc)
     return {k: v for k, v in stats.items() if v.amax is not None}
 
 

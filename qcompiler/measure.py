@@ -197,6 +197,9 @@ def build_report(
     # A layer whose activation (Relu/Clip) was folded into its output quantization is measured after the
     # activation: that is what its quantized output stands for.
     after_act = {x: y for y, x in ctx.artifacts.get("folded_into", {}).items()}
+    # A layer whose output a pass completed later (llm_int8 adds its float path after the bias) is measured there.
+    after_act.update(ctx.artifacts.get("measure_at", {}))
+    unmeasured = ctx.artifacts.get("unmeasured", {})
     layer_nodes = [by_label[label] for label in quantized_nodes if label in by_label and by_label[label].outputs]
     ref_name = {id(n): after_act.get(n.outputs[0].name, n.outputs[0].name) for n in layer_nodes}
     acc = layer_sqnr(float_model, quant_model, ref_name.values(), samples, ctx.artifacts.get("dequantized"),
@@ -208,6 +211,8 @@ def build_report(
         quant = {v.name: lowered[v.name] for v in ends if v.name in lowered}
         a = acc.get(ref_name[id(n)])
         note = f"measured after {ref_name[id(n)]}" if ref_name[id(n)] != n.outputs[0].name else ""
+        if a is None and n.outputs[0].name in unmeasured:
+            note = unmeasured[n.outputs[0].name]
         layers.append(LayerEntry(n.name or n.outputs[0].name, n.op_type, quant, a.sqnr_db if a else None,
                                  "quantized", note))
     kept = [KeptFloat(d.subject, _op_of(d.subject), d.reason) for d in ctx.decisions

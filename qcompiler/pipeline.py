@@ -104,6 +104,17 @@ class Pass:
     def run(self, model: Model, ctx: PassContext) -> PassResult:
         raise NotImplementedError
 
+    def skipped(self, ctx: PassContext, *, enabled: bool = True, needs_data: bool = False) -> bool:
+        """Whether the pass must do nothing (the recipe turned it off, or it needs calibration data and there is
+        none); the plan records which."""
+        if not enabled:
+            ctx.decide(self.name, "model", "skipped", "disabled by the recipe (enabled = false)")
+            return True
+        if needs_data and ctx.calibration is None:
+            ctx.decide(self.name, "model", "skipped", "needs calibration data (none was given)")
+            return True
+        return False
+
     def options(self) -> Any:
         if self.Options is None:
             if self._options:

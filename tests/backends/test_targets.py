@@ -40,8 +40,8 @@ def test_cpu_int8_dynamic_quantizes_matmul_gemm_and_embeddings_without_calibrati
     assert set(q.op_types) == set(t.kernels) == {"MatMul", "Gemm", "Gather"}
     # calibrate runs, but only on the weights: the compile asks for no data when the target is not static.
     assert [p.name for p in t.default_recipe.passes] == [
-        "canonicalize", "fuse_transformer", "keep_layer_norm", "smooth_quant", "assign_quant_types", "calibrate",
-        "gptq", "lower_qdq"]
+        "canonicalize", "fuse_transformer", "keep_layer_norm", "smooth_quant", "llm_int8", "assign_quant_types",
+        "calibrate", "gptq", "lower_qdq"]
 
 
 def test_unknown_target_lists_the_valid_ones():

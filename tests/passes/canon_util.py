@@ -63,3 +63,15 @@ def conv_bn_bound(inp_abs: np.ndarray, e_in: np.ndarray, w: np.ndarray, b: np.nd
     m = channel_view(np.abs(s), 4) * (terms + channel_view(np.abs(bn["mean"]), 4)) + channel_view(np.abs(bn["beta"]), 4)
     w_folded = w.astype(np.float64) * s.reshape(-1, 1, 1, 1)
     return abs_conv(e_in, w_folded, pad) + (2 * (k + 1) + 16) * U32 * m
+
+
+def f32_literal(a: np.ndarray) -> str:
+    """A float32 array as the IR's tensor literal."""
+    dims = ",".join(str(d) for d in a.shape)
+    return f"tensor<f32[{dims}]>{np.asarray(a, np.float32).tolist()}"
+
+
+def grid_weights(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    """Nonzero weights on a grid of 1/64 (exact in float32 and in the text form)."""
+    r = rng.standard_normal(shape)
+    return (np.sign(r) * (np.round(np.abs(r) * 16) + 1) / 64).astype(np.float32)

@@ -18,22 +18,18 @@ from qcompiler.passes.smooth_quant import FOLD_TARGETS
 from qcompiler.pipeline import PassContext, PassManager, get_pass
 from qcompiler.targets import get_target
 
-from .canon_util import U32, decided
+from .canon_util import U32, decided, f32_literal, grid_weights
 from .transformer_util import bert_layer_proto, gamma, layer_norm_bound, ort_run
 
 RNG = np.random.default_rng(7)
 
 
 def _t(a: np.ndarray) -> str:
-    """A float32 array as the IR's tensor literal."""
-    dims = ",".join(str(d) for d in a.shape)
-    return f"tensor<f32[{dims}]>{np.asarray(a, np.float32).tolist()}"
+    return f32_literal(a)
 
 
 def _w(*shape: int) -> np.ndarray:
-    """Nonzero weights on a grid of 1/64 (exact in float32 and in the text form)."""
-    r = RNG.standard_normal(shape)
-    return (np.sign(r) * (np.round(np.abs(r) * 16) + 1) / 64).astype(np.float32)
+    return grid_weights(RNG, *shape)
 
 
 def _run(model: Model, calib: list | None = None, **options: object) -> PassContext:
