@@ -89,20 +89,28 @@ class LlmInt8(Pass):
         opts: LlmInt8Options = self.options()
         if self.skipped(ctx, enabled=opts.enabled, needs_data=True):
             return PassResult(model, False)
-        sites = self._plan(model, ctx)
-        if not sites:
+        eligible = quantized_linear(model, ctx)
+        inputs = graph_input_ids(model.graph)
+        planned = self._plan(model, ctx, eligible, inputs)
+        if not planned:
             return PassResult(model, False)
-        stats = channel_stats(model, [s.x for s in sites], ctx, desc="llm_int8: channel ranges")
+        stats = channel_stats(model, planned, ctx, desc="llm_int8: channel ranges")
         changed = False
-        for site in sites:
-            st = stats.get(id(site.x))
+        for x in planned:
+            st = stats.get(id(x))
             if st is None:
-                ctx.decide(self.name, f"%{site.x.name}", "kept", "the calibration runs never computed it")
+                ctx.decide(self.name, f"%{x.name}", "kept", "the calibration runs never computed it")
                 continue
             a = st.amax.numpy()
             picked, why = _outliers(a, opts)
             if not picked:
-                ctx.decide(self.name, f"%{site.x.name}", "kept", why)
+                ctx.decide(self.name, f"%{x.name}", "kept", why)
+                continue
+            # Planned again on the graph as it is now: an earlier split may have changed this chain (in an MLP,
+            # this site's up projection is the previous site's reader, whose output has a float path added).
+            site = _site(x, eligible, inputs)
+            if isinstance(site, str):
+                ctx.decide(self.name, f"%{x.name}", "kept", f"after an earlier split: {site}")
                 continue
             name = site.x.name
             rest = np.delete(a, picked)
@@ -123,22 +131,20 @@ class LlmInt8(Pass):
             model.graph.forget_names()
         return PassResult(model, changed)
 
-    def _plan(self, model: Model, ctx: PassContext) -> list[_Site]:
-        graph = model.graph
-        eligible = quantized_linear(model, ctx)
-        inputs = graph_input_ids(graph)
+    def _plan(self, model: Model, ctx: PassContext, eligible: set[int], inputs: set[int]) -> list[Value]:
+        """The values X that can be split (in graph order); the others get a decision saying why not."""
         seen: set[int] = set()
         sites = []
-        for n in graph.nodes:
+        for n in model.graph.nodes:
             x = n.inputs[0] if id(n) in eligible and n.inputs else None
             if x is None or id(x) in seen:
                 continue
             seen.add(id(x))
-            site = _site(x, eligible, inputs)
-            if isinstance(site, str):
-                ctx.decide(self.name, f"%{x.name}", "kept", site)
+            why = _site(x, eligible, inputs)
+            if isinstance(why, str):
+                ctx.decide(self.name, f"%{x.name}", "kept", why)
             else:
-                sites.append(site)
+                sites.append(x)
         return sites
 
 

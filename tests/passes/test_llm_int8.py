@@ -263,3 +263,38 @@ def test_gemm_layers_split_the_same_way() -> None:
     h = z.astype(np.float64) @ U + B
     bound = 2 * dot_bound(np.abs(h) @ np.abs(W) + np.abs(BD), K + 1) + 2 * dot_bound((np.abs(z) @ np.abs(U)) @ np.abs(W), K_IN)
     assert np.all(np.abs(ort_run(m, {"z": z})["y"].astype(np.float64) - ref) <= bound)
+
+
+def test_in_an_mlp_the_next_layer_is_planned_again_and_left_whole() -> None:
+    """z -> L1 -> relu -> L2 -> relu -> L3, both relu outputs with outlier channels. Splitting the first adds a float
+    path to L2's output, so the second activation no longer reads a linear layer alone: it is kept (with that
+    reason) rather than split from its stale plan, which would drop the first float path's share of its outlier
+    channels. The float outputs stay equal within float32 summation."""
+    u2 = _w(K, K)
+    u2[:, 5] *= 32.0
+    w3 = _w(K, N)
+    text = f"""graph g (%z: f32[S,{K_IN}]) -> (%y) {{
+  init %u: f32[{K_IN},{K}] = {_t(U)}
+  init %b: f32[{K}] = {_t(B)}
+  init %u2: f32[{K},{K}] = {_t(u2)}
+  init %b2: f32[{K}] = {_t(B)}
+  init %w3: f32[{K},{N}] = {_t(w3)}
+  %m1: f32[S,{K}] = MatMul(%z, %u) @l1
+  %h1: f32[S,{K}] = Add(%m1, %b) @l1_bias
+  %x1: f32[S,{K}] = Relu(%h1) @act1
+  %m2: f32[S,{K}] = MatMul(%x1, %u2) @l2
+  %h2: f32[S,{K}] = Add(%m2, %b2) @l2_bias
+  %x2: f32[S,{K}] = Relu(%h2) @act2
+  %y: f32[S,{N}] = MatMul(%x2, %w3) @l3
+}}"""
+    before, m = (Model(parse_graph(text), opset_imports={"": 21}) for _ in range(2))
+    ctx = _run(m, _calib())
+    assert list(ctx.artifacts["llm_int8"]) == ["x1"]
+    assert decided(ctx, "kept", "llm_int8")["%x2"].startswith("after an earlier split: the activation reads")
+    z = RNG.standard_normal((9, K_IN)).astype(np.float32)
+    x1 = np.maximum(z.astype(np.float64) @ U + B, 0)
+    x2 = np.maximum(x1 @ u2 + B, 0)
+    mag2 = np.abs(x1) @ np.abs(u2) + np.abs(B) + (np.abs(z) @ np.abs(U) + np.abs(B)) @ np.abs(u2)
+    bound = 2 * dot_bound(mag2 @ np.abs(w3) + np.abs(x2) @ np.abs(w3), 2 * K + K_IN)
+    a, b = ort_run(before, {"z": z})["y"], ort_run(m, {"z": z})["y"]
+    assert np.all(np.abs(a.astype(np.float64) - b) <= bound), float(np.max(np.abs(a - b) - bound))
