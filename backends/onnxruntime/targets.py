@@ -85,6 +85,10 @@ DYNAMIC_NOTES = (
     "follow the data; the rest of the model stays float (for transformers, where static ranges lose accuracy)",
     "with --calib, gptq rounds each weight against its layer's output error on the calibration data (GPTQ, "
     "Frantar et al. 2022) instead of to nearest: same kernels and size, lower error",
+    "with --calib, llm_int8 takes the channels of an FFN input (an activation of a linear layer, e.g. GELU) whose "
+    "calibration max exceeds 3x the median channel max out of the int8 MatMul, into a small float path through "
+    "the up projection (no Q/DQ, no extra pass over the activation): MiniLM embedding SQNR 20.9 -> 26.3 dB for "
+    "+1-2 % latency at batch 8",
     "weights int8 symmetric per output column, stored quantized (4x smaller than float); a MatMul's bias Add "
     "goes into DynamicQuantizeMatMul's bias input",
     "transformers: fuse_transformer writes erf-GELU as com.microsoft Gelu and the attention core (scaled QK^T, "
