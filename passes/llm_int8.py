@@ -10,16 +10,20 @@ needs a mixed-precision kernel; ONNX Runtime has none, so C is chosen here from 
 (channels whose max |X_j| exceeds `threshold` times the median channel max, at most `max_channels`), and
 the split is written with ordinary ops.
 
-It costs nothing at run time when X is made by an elementwise activation of a linear layer,
-    X = act(Z·U + b)   (act: Gelu, Relu, ... applied element by element; Z·U + b a MatMul and Add, or a Gemm),
-because channel j of X depends on column j of U and b alone: U and b lose the columns C, the readers' weights
-lose the rows C, and a small float path computes act(Z·U[:, C] + b[C])·W[C, :] (a [tokens, k] MatMul, the
-activation on k channels, a k-row MatMul) and adds it to each reader's output, after the reader's own bias
-Add when it has one, so the int8 kernel still takes that bias. On MiniLM (k = 3-16 per layer) that measured
-+0-1 % latency at batch 1 and +1-2 % at batch 8. X read by anything other than such readers, or made by
-anything else, is left as it is, with the reason (where a LayerNorm makes X, smooth_quant is the tool). Sites
-are split in graph order, each planned again first: in an MLP, the next layer's activation then reads a sum
-(this layer's int8 part plus its float path), not a linear layer alone, and is kept whole.
+It costs nothing at run time when X is an elementwise function of linear layers' outputs, as in every
+transformer FFN:
+    X = act(Z·U + b)            (act: Gelu, Relu, ... element by element; Z·U + b a MatMul and Add, or a Gemm)
+    X = silu(Z·G) * (Z·U)       (Llama's gated unit; silu exported as g * sigmoid(g))
+because channel j of X then depends on column j of each layer's weight (and bias) alone: those lose the columns
+C, the readers' weights lose the rows C, and a float path computes the same elementwise ops on the channels C
+from float copies of the layers' columns C (a [tokens, k] MatMul per layer, the ops on k channels, a k-row MatMul
+per reader) and adds it to each reader's output, after the reader's own bias Add when it has one, so the int8
+kernel still takes that bias. Constants of the elementwise ops are scalars or per-channel vectors (cut on both
+sides). On MiniLM (k = 3-16 per layer) that measured +0-1 % latency at batch 1 and +1-2 % at batch 8. X read by
+anything other than such readers, or made otherwise, is left as it is, with the reason (where a LayerNorm makes
+X, smooth_quant is the tool). Sites are split in graph order, each planned again first: in an MLP, the next
+layer's activation then reads this layer's int8 part plus its float path, two linear layers, and splits through
+both.
 
 The float path's MatMuls carry `Node.meta[KEEP_FLOAT]`, so assign_quant_types keeps them float (with this
 reason in the plan). The shrunk values (U's output, the activation's, each reader's partial output) are
@@ -70,12 +74,12 @@ class LlmInt8Options:
 
 @dataclass
 class _Site:
-    """X = act(H), H = Add(M, b) or M, M = MatMul(Z, U): the chain to shrink, and X's MatMul readers."""
+    """X, an elementwise function (`region`, in graph order) of linear layers' outputs (`linears`: MatMul/Gemm and
+    its bias Add or None), and X's MatMul/Gemm readers: what to shrink."""
 
     x: Value
-    act: Node
-    up: Node
-    bias_add: Node | None
+    region: list[Node]
+    linears: list[tuple[Node, Node | None]]
     readers: list[Node]
     channels: int
 
@@ -116,19 +120,21 @@ class LlmInt8(Pass):
                 continue
             name = site.x.name
             rest = np.delete(a, picked)
-            up_out = site.up.outputs[0].name
+            ups = [up.outputs[0].name for up, _ in site.linears]
             measure_at = _split(model.graph, site, picked,
                                 f"llm_int8: outlier channels {picked} of %{name} computed in float")
             ctx.artifacts.setdefault("measure_at", {}).update(measure_at)
-            ctx.artifacts.setdefault("unmeasured", {})[up_out] = (
-                f"its output lost channels {picked} to llm_int8's float path: no float counterpart")
+            for up_out in ups:
+                ctx.artifacts.setdefault("unmeasured", {})[up_out] = (
+                    f"its output lost channels {picked} to llm_int8's float path: no float counterpart")
             changed = True
             ctx.artifacts.setdefault("llm_int8", {})[name] = {
                 "channels": picked, "max_before": float(a.max()), "max_after": float(rest.max()),
                 "median": float(np.median(a)), "readers": [n.name for n in site.readers]}
+            through = ", ".join(subject(up) for up, _ in site.linears)
             ctx.decide(self.name, f"%{name}", "split",
                        f"{why}; max|X| {float(a.max()):.3g} -> {float(rest.max()):.3g} for the int8 part, channels "
-                       f"{picked} through {subject(site.up)} and {len(site.readers)} reader(s) in float")
+                       f"{picked} through {through} and {len(site.readers)} reader(s) in float")
         if changed:
             model.graph.forget_names()
         return PassResult(model, changed)
@@ -165,20 +171,73 @@ def _site(x: Value, eligible: set[int], inputs: set[int]) -> _Site | str:
             return (f"%{x.name} is also read by {subject(n)} (input {i}), not only by int8 MatMul/Gemm with a "
                     "constant weight")
         readers.append(n)
-    act = x.producer
-    if act is None or act.op_type not in ELEMENTWISE.get(act.domain, ()) or x.index != 0 or len(act.outputs) != 1:
-        made = "a graph input" if act is None else subject(act)
-        return f"%{x.name} is made by {made}, not by an elementwise activation of a linear layer"
-    if any(v is not None and constant(v, inputs) is None for v in act.inputs[1:]):
-        return f"{subject(act)} reads a non-constant input besides its data"
-    chain = _linear_chain(act.inputs[0], inputs)
-    if isinstance(chain, str):
-        return chain
-    up, bias_add = chain
-    k = up.inputs[1].const.shape[_axes(up)[1]]  # type: ignore[union-attr]
+    k = readers[0].inputs[1].const.shape[_axes(readers[0])[0]]  # type: ignore[union-attr]
     if any(r.inputs[1].const.shape[_axes(r)[0]] != k for r in readers):  # type: ignore[union-attr]
-        return f"the readers' weights of %{x.name} do not have {k} rows"
-    return _Site(x, act, up, bias_add, readers, k)
+        return f"the readers' weights of %{x.name} disagree on its channel count"
+    found = _region(x, k, inputs)
+    if isinstance(found, str):
+        return found
+    region, linears = found
+    return _Site(x, region, linears, readers, k)
+
+
+def _region(x: Value, k: int, inputs: set[int]) -> tuple[list[Node], list[tuple[Node, Node | None]]] | str:
+    """The elementwise nodes that make X from linear layers' outputs (GELU(h); SiLU(g) * u as x*sigmoid(x)*u),
+    and those layers; or why X is not such a function. Channel j of X then depends on column j of each layer's
+    weight alone. Every value on the way must be read inside the region only (X by its readers)."""
+    p = x.producer
+    if p is None or not _elementwise(p, k, inputs) or x.index != 0 or len(p.outputs) != 1:
+        made = "a graph input" if p is None else subject(p)
+        return f"%{x.name} is made by {made}, not by an elementwise op on linear layers' outputs"
+    region: dict[int, Node] = {}
+    linears: dict[int, tuple[Node, Node | None]] = {}
+    ends: list[Value] = []
+    stack = [x]
+    while stack:
+        v = stack.pop()
+        q = v.producer
+        if q is None:
+            return f"%{x.name} depends on the graph input %{v.name}"
+        if id(q) in region or any(id(e) == id(v) for e in ends):
+            continue
+        chain = _linear_chain(v, inputs) if v is not x else "X itself"
+        if not isinstance(chain, str):
+            linears[id(chain[0])] = chain
+            ends.append(v)
+            continue
+        if not _elementwise(q, k, inputs):
+            return f"%{x.name} depends on {subject(q)}, which is neither elementwise nor a linear layer"
+        region[id(q)] = q
+        stack.extend(i for i in q.inputs if i is not None and constant(i, inputs) is None)
+    if not linears:
+        return f"%{x.name} does not depend on a linear layer"
+    inside = set(region)
+    for v in [n.outputs[0] for n in region.values() if n.outputs[0] is not x] + ends:
+        if v.is_graph_output() or any(id(n) not in inside for n, _ in v.uses):
+            return f"%{v.name} (between the linear layers and %{x.name}) is also read outside"
+    order = {id(n): i for i, n in enumerate(x.producer.graph.nodes)}  # type: ignore[union-attr]
+    return (sorted(region.values(), key=lambda n: order[id(n)]),
+            sorted(linears.values(), key=lambda c: order[id(c[0])]))
+
+
+BINARY = {"Add", "Sub", "Mul", "Div"}
+
+
+def _elementwise(n: Node, k: int, inputs: set[int]) -> bool:
+    """Whether n acts channel by channel on [.., k] values: an activation (ELEMENTWISE, its other inputs constant
+    scalars) or Add/Sub/Mul/Div whose constant operand is a scalar or a [k] vector."""
+    if n.op_type in ELEMENTWISE.get(n.domain, ()):
+        return all(v is None or _const_operand(v, 1, inputs) for v in n.inputs[1:])
+    if is_standard(n, *BINARY) and len(n.inputs) == 2:
+        consts = [v for v in n.inputs if v is not None and constant(v, inputs) is not None]
+        return len(consts) < 2 and all(_const_operand(v, k, inputs) for v in consts)
+    return False
+
+
+def _const_operand(v: Value, k: int, inputs: set[int]) -> bool:
+    """A constant that broadcasts per channel: one element, or (k > 1) a [k] vector."""
+    t = constant(v, inputs)
+    return t is not None and (int(np.prod(t.shape)) == 1 or (k > 1 and tuple(t.shape) == (k,)))
 
 
 def _axes(n: Node) -> tuple[int, int]:
@@ -204,10 +263,10 @@ def _linear(n: Node, inputs: set[int]) -> str | None:
 
 
 def _linear_chain(h: Value | None, inputs: set[int]) -> tuple[Node, Node | None] | str:
-    """(U's MatMul/Gemm, its bias Add or None) when h = MatMul(Z, U) [+ b] or Gemm(Z, U[, c]), each value read
-    once; else why not."""
-    if h is None or h.producer is None or len(h.uses) != 1 or h.is_graph_output():
-        return "the activation's input is not a value read by it alone"
+    """(U's MatMul/Gemm, its bias Add or None) when h = MatMul(Z, U) [+ b] or Gemm(Z, U[, c]) (the MatMul's output
+    read by the bias Add alone); else why not."""
+    if h is None or h.producer is None or h.is_graph_output():
+        return f"%{h.name if h is not None else '?'} is not a node's output inside the graph"
     p = h.producer
     bias_add = None
     if is_standard(p, "Add") and len(p.inputs) == 2:
@@ -267,33 +326,54 @@ def _split(graph: Graph, site: _Site, picked: list[int], reason: str) -> dict[st
     """Rewrite the site; returns {reader's original output name: the name of the value that holds its full
     output again} where that is a later value (after the reader's bias Add)."""
     keep, idx = np.setdiff1d(np.arange(site.channels), picked), np.asarray(picked)
-    up, act, x = site.up, site.act, site.x
-    # The float path: act(Z U[:, C] + b[C]), U's op copied (a Gemm keeps its attributes and C's entries C).
-    side_up = _sliced_copy(graph, up, idx, _axes(up)[1], reason)
-    path = [side_up]
-    h_out = side_up.outputs[0]
-    if up.op_type == "Gemm" and len(up.inputs) > 2 and up.inputs[2] is not None:
-        _slice_input(graph, up, 2, keep, 0)
-    if site.bias_add is not None:
-        b_val = _bias(site.bias_add)
-        b_out = graph.make_initializer(f"{b_val.name}_outliers", _take(b_val, idx, 0))
-        path.append(Node("Add", [h_out, b_out], 1, name=graph.fresh_name(f"{site.bias_add.name or 'Add'}_outliers")))
-        h_out = path[-1].outputs[0]
-        _slice_input(graph, site.bias_add, list(site.bias_add.inputs).index(b_val), keep, 0)
-    path.append(Node(act.op_type, [h_out, *act.inputs[1:]], 1, dict(act.attrs), domain=act.domain,
-                     name=graph.fresh_name(f"{act.name or act.op_type}_outliers")))
-    x_out = path[-1].outputs[0]
-    _slice_input(graph, up, 1, keep, _axes(up)[1])
-    graph.insert_after(act, path)
-    # The int8 chain now carries the channels R only: U's output, the bias Add's, X.
-    for v in [up.outputs[0]] + ([site.bias_add.outputs[0]] if site.bias_add is not None else []) + [x]:
+    inputs = graph_input_ids(graph)
+    side_of: dict[int, Value] = {}  # a value of the int8 chain -> its float-path counterpart (channels C)
+    path: list[Node] = []
+    narrowed: list[Value] = []
+    # The linear layers: a float copy on U's columns C (with a Gemm's C entries, and the bias Add's), the
+    # originals keep the columns R.
+    for up, bias_add in site.linears:
+        side = _sliced_copy(graph, up, idx, _axes(up)[1], reason)
+        path.append(side)
+        end = side.outputs[0]
+        if up.op_type == "Gemm" and len(up.inputs) > 2 and up.inputs[2] is not None:
+            _slice_input(graph, up, 2, keep, 0)
+        narrowed.append(up.outputs[0])
+        if bias_add is not None:
+            b_val = _bias(bias_add)
+            b_out = graph.make_initializer(f"{b_val.name}_outliers", _take(b_val, idx, 0))
+            path.append(Node("Add", [end, b_out], 1, name=graph.fresh_name(f"{bias_add.name or 'Add'}_outliers")))
+            end = path[-1].outputs[0]
+            _slice_input(graph, bias_add, list(bias_add.inputs).index(b_val), keep, 0)
+            narrowed.append(bias_add.outputs[0])
+        _slice_input(graph, up, 1, keep, _axes(up)[1])
+        side_of[id((bias_add or up).outputs[0])] = end
+    # The elementwise region, copied on the channels C; [k] constants sliced on both sides.
+    for n in site.region:
+        ins: list[Value | None] = []
+        for i, v in enumerate(n.inputs):
+            if v is None or constant(v, inputs) is None:
+                ins.append(side_of[id(v)] if v is not None else None)
+            elif int(np.prod(v.const.shape)) == 1:  # type: ignore[union-attr]
+                ins.append(v)
+            else:
+                ins.append(graph.make_initializer(f"{v.name}_outliers", _take(v, idx, 0)))
+                _slice_input(graph, n, i, keep, 0)
+        copy = Node(n.op_type, ins, 1, dict(n.attrs), domain=n.domain,
+                    name=graph.fresh_name(f"{n.name or n.op_type}_outliers"))
+        path.append(copy)
+        side_of[id(n.outputs[0])] = copy.outputs[0]
+        narrowed.append(n.outputs[0])
+    graph.insert_after(site.x.producer, path)  # type: ignore[arg-type]
+    x_out = side_of[id(site.x)]
+    for v in narrowed:
         _narrow(graph, v, len(keep))
     measure_at: dict[str, str] = {}
     for r in site.readers:
         side = _sliced_copy(graph, r, idx, _axes(r)[0], reason, x_out)
         _slice_input(graph, r, 1, keep, _axes(r)[0])
         out_name = r.outputs[0].name
-        full = _add_after(graph, r, side, inputs=graph_input_ids(graph))
+        full = _add_after(graph, r, side, inputs=inputs)
         if full != out_name:
             measure_at[out_name] = full
     return measure_at

@@ -265,11 +265,12 @@ def test_gemm_layers_split_the_same_way() -> None:
     assert np.all(np.abs(ort_run(m, {"z": z})["y"].astype(np.float64) - ref) <= bound)
 
 
-def test_in_an_mlp_the_next_layer_is_planned_again_and_left_whole() -> None:
-    """z -> L1 -> relu -> L2 -> relu -> L3, both relu outputs with outlier channels. Splitting the first adds a float
-    path to L2's output, so the second activation no longer reads a linear layer alone: it is kept (with that
-    reason) rather than split from its stale plan, which would drop the first float path's share of its outlier
-    channels. The float outputs stay equal within float32 summation."""
+def test_in_an_mlp_the_next_layer_splits_through_the_previous_float_path() -> None:
+    """z -> L1 -> relu -> L2 -> relu -> L3, both relu outputs with outlier channels. After the first split, L2's
+    output is the sum of its int8 part and the first float path (a MatMul too): the second activation is planned
+    again on that graph, an elementwise function (Add, Relu) of two linear layers, and splits through both. (Split
+    from a plan made before the first split, its float path would miss the first float path's share.) The float
+    outputs stay equal within float32 summation."""
     u2 = _w(K, K)
     u2[:, 5] *= 32.0
     w3 = _w(K, N)
@@ -289,12 +290,52 @@ def test_in_an_mlp_the_next_layer_is_planned_again_and_left_whole() -> None:
 }}"""
     before, m = (Model(parse_graph(text), opset_imports={"": 21}) for _ in range(2))
     ctx = _run(m, _calib())
-    assert list(ctx.artifacts["llm_int8"]) == ["x1"]
-    assert decided(ctx, "kept", "llm_int8")["%x2"].startswith("after an earlier split: the activation reads")
+    assert list(ctx.artifacts["llm_int8"]) == ["x1", "x2"]
+    assert "through l2 (MatMul), l2_outliers (MatMul) and 1 reader(s)" in decided(ctx, "split", "llm_int8")["%x2"]
     z = RNG.standard_normal((9, K_IN)).astype(np.float32)
     x1 = np.maximum(z.astype(np.float64) @ U + B, 0)
     x2 = np.maximum(x1 @ u2 + B, 0)
     mag2 = np.abs(x1) @ np.abs(u2) + np.abs(B) + (np.abs(z) @ np.abs(U) + np.abs(B)) @ np.abs(u2)
     bound = 2 * dot_bound(mag2 @ np.abs(w3) + np.abs(x2) @ np.abs(w3), 2 * K + K_IN)
+    a, b = ort_run(before, {"z": z})["y"], ort_run(m, {"z": z})["y"]
+    assert np.all(np.abs(a.astype(np.float64) - b) <= bound), float(np.max(np.abs(a - b) - bound))
+
+
+def test_a_gated_unit_splits_through_both_projections() -> None:
+    """Llama's MLP input: x = silu(z G) * (z U) * c (silu exported as g * sigmoid(g); c a per-channel constant
+    here, to check [k] constants are cut on both sides). Channel j of x depends on column j of G and U and on c_j
+    alone: both projections lose the columns C, the float path copies the whole elementwise region on C."""
+    rng = np.random.default_rng(5)  # this test's own draws: the channels it picks do not depend on test order
+    g_w, c = grid_weights(rng, K_IN, K), (1 + np.abs(grid_weights(rng, K))).astype(np.float32)
+    text = f"""graph g (%z: f32[S,{K_IN}]) -> (%y) {{
+  init %g: f32[{K_IN},{K}] = {_t(g_w)}
+  init %u: f32[{K_IN},{K}] = {_t(U)}
+  init %c: f32[{K}] = {_t(c)}
+  init %w: f32[{K},{N}] = {_t(W)}
+  %hg: f32[S,{K}] = MatMul(%z, %g) @gate
+  %hu: f32[S,{K}] = MatMul(%z, %u) @up
+  %sg: f32[S,{K}] = Sigmoid(%hg) @sig
+  %silu: f32[S,{K}] = Mul(%hg, %sg) @silu
+  %gated: f32[S,{K}] = Mul(%silu, %hu) @gate_mul
+  %x: f32[S,{K}] = Mul(%gated, %c) @scale
+  %y: f32[S,{N}] = MatMul(%x, %w) @down
+}}"""
+    before, m = (Model(parse_graph(text), opset_imports={"": 21}) for _ in range(2))
+    z = rng.standard_normal((9, K_IN)).astype(np.float32)
+    ctx = _run(m, [{"z": rng.standard_normal((6, K_IN)).astype(np.float32)} for _ in range(4)])
+    picked = ctx.artifacts["llm_int8"]["x"]["channels"]
+    assert OUTLIERS[0] in picked and len(picked) < K // 2
+    keep = [j for j in range(K) if j not in picked]
+    by = {n.name: n for n in m.graph.nodes}
+    assert _consts(m) == {"gate": (K_IN, len(keep)), "up": (K_IN, len(keep)), "gate_outliers": (K_IN, len(picked)),
+                          "up_outliers": (K_IN, len(picked)), "down": (len(keep), N), "down_outliers": (len(picked), N)}
+    assert [by[f"{n}_outliers"].op_type for n in ("sig", "silu", "gate_mul", "scale")] == ["Sigmoid", "Mul", "Mul", "Mul"]
+    np.testing.assert_array_equal(by["scale"].inputs[1].const.numpy(), c[keep])
+    np.testing.assert_array_equal(by["scale_outliers"].inputs[1].const.numpy(), c[picked])
+    assert "through gate (MatMul), up (MatMul)" in decided(ctx, "split", "llm_int8")["%x"]
+    hg, hu = z.astype(np.float64) @ g_w, z.astype(np.float64) @ U
+    mag = (np.abs(hg) * np.abs(hu) * np.abs(c)) @ np.abs(W)  # |silu(g)| <= |g|
+    dmag = ((np.abs(z) @ np.abs(g_w)) * np.abs(hu) + np.abs(hg) * (np.abs(z) @ np.abs(U))) * np.abs(c)
+    bound = 2 * dot_bound(mag + dmag @ np.abs(W), K + K_IN + 8)
     a, b = ort_run(before, {"z": z})["y"], ort_run(m, {"z": z})["y"]
     assert np.all(np.abs(a.astype(np.float64) - b) <= bound), float(np.max(np.abs(a - b) - bound))
