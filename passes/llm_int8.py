@@ -202,6 +202,9 @@ def _region(x: Value, k: int, inputs: set[int]) -> tuple[list[Node], list[tuple[
             continue
         chain = _linear_chain(v, inputs) if v is not x else "X itself"
         if not isinstance(chain, str):
+            width = chain[0].inputs[1].const.shape[_axes(chain[0])[1]]  # type: ignore[union-attr]
+            if width != k:  # broadcast along the channels: its columns are not X's channels
+                return f"%{x.name} reads {subject(chain[0])}, whose {width} output columns are not its {k} channels"
             linears[id(chain[0])] = chain
             ends.append(v)
             continue

@@ -142,6 +142,18 @@ def test_declines_say_why_and_change_nothing() -> None:
 }}"""), opset_imports={"": 21})
     ctx = _run(m, [{"z": RNG.standard_normal((4, K)).astype(np.float32) * np.arange(1, K + 1)}])
     assert "made by ln (LayerNormalization)" in decided(ctx, "kept", "llm_int8")["%x"]
+    # X gated by a linear layer of one column (broadcast along the channels): that layer's columns are not X's.
+    m = Model(parse_graph(f"""graph g (%z: f32[S,{K_IN}]) -> (%y) {{
+  init %u: f32[{K_IN},{K}] = {_t(U)}
+  init %v: f32[{K_IN},1] = {_t(U[:, :1])}
+  init %w: f32[{K},{N}] = {_t(W)}
+  %h: f32[S,{K}] = MatMul(%z, %u) @up
+  %gate: f32[S,1] = MatMul(%z, %v) @gate
+  %x: f32[S,{K}] = Mul(%h, %gate) @gated
+  %y: f32[S,{N}] = MatMul(%x, %w) @down
+}}"""), opset_imports={"": 21})
+    ctx = _run(m, _calib())
+    assert "whose 1 output columns are not its 16 channels" in decided(ctx, "kept", "llm_int8")["%x"]
     # No calibration data, or disabled: nothing happens, and the plan says so.
     for calib, opts, why in ((None, {}, "needs calibration data"), (_calib(), {"enabled": False}, "disabled")):
         m = _ffn()
