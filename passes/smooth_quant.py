@@ -16,8 +16,10 @@ weight that the recipe quantizes:
 2. picks one s shared by every such MatMul (max|W_j| over all their weights) and multiplies their weight
    rows by s (a weight also read elsewhere is copied first);
 3. divides X by s exactly where it is made, when its producer can absorb 1/s (option `fold_into`, by default
-   LayerNormalization only):
-   LayerNormalization over the last axis (gamma and beta divided); MatMul/Gemm with a constant weight, or its
+   LayerNormalization and Mul):
+   LayerNormalization over the last axis (gamma and beta divided); a Mul by a constant per-channel vector (the
+   last op of an RMSNorm as Llama models export it, weight * x * rsqrt(mean(x^2)): the vector divided);
+   MatMul/Gemm with a constant weight, or its
    constant-bias Add (output columns and bias divided); com.microsoft MultiHeadAttention (its output
    channels are convex combinations of V's channels, so V's producer divides instead). Otherwise, with
    `insert_mul`, a Mul by 1/s placed before the MatMuls (one more elementwise pass over X at run time);
@@ -49,17 +51,18 @@ from ._rewrite import constant, graph_input_ids, is_standard, set_constant, subj
 from .assign import quantized_linear
 
 MS_DOMAIN = "com.microsoft"
-FOLD_TARGETS = ("LayerNormalization", "MatMul", "Gemm", "MultiHeadAttention")
+FOLD_TARGETS = ("LayerNormalization", "Mul", "MatMul", "Gemm", "MultiHeadAttention")
 
 
 @dataclass(frozen=True)
 class SmoothQuantOptions:
     """`alpha`: migration strength in [0, 1] (0: nothing moves to the weights; 1: all of X's range does).
     `fold_into`: the producers that may absorb the division by s, among FOLD_TARGETS (see the module doc); by
-    default LayerNormalization only: on MiniLM smoothing the attention outputs too (through V) did not lower
-    the error measurably, and a MatMul that absorbs 1/s computes a rescaled output, which the report's
-    per-layer comparison with the float model must undo (`ctx.artifacts["rescaled"]`). `insert_mul`: for
-    other producers (GELU, a graph input), divide with an inserted Mul instead of keeping X as it is.
+    default LayerNormalization and Mul (a norm's per-channel weight): on MiniLM smoothing the attention outputs
+    too (through V) did not lower the error measurably, and a MatMul that absorbs 1/s computes a rescaled output,
+    which the report's per-layer comparison with the float model must undo (`ctx.artifacts["rescaled"]`).
+    `insert_mul`: for other producers (GELU, a graph input), divide with an inserted Mul instead of keeping X as
+    it is.
     `power_of_two`: round s to powers of two, so the float model stays bit-identical. `alpha_grid`: when
     given, each activation takes the alpha from this list, or no smoothing at all, whose `_predicted_error`
     is least (computed from the statistics of the first `search_batches` calibration runs); `alpha` is then
@@ -68,7 +71,7 @@ class SmoothQuantOptions:
     enabled: bool = True
     alpha: float = 0.5
     alpha_grid: tuple[float, ...] = ()
-    fold_into: tuple[str, ...] = ("LayerNormalization",)
+    fold_into: tuple[str, ...] = ("LayerNormalization", "Mul")
     insert_mul: bool = False
     power_of_two: bool = True
     search_batches: int = 64
@@ -95,7 +98,7 @@ class SmoothQuantOptions:
 class _Fold:
     """Where 1/s goes for one value Y (the activation itself, or V behind an attention node)."""
 
-    how: str  # "LayerNormalization", "MatMul", "Gemm", "MultiHeadAttention" or "Mul"
+    how: str  # "LayerNormalization", "ChannelMul", "MatMul", "Gemm", "MultiHeadAttention" or "Mul" (inserted)
     node: Node | None  # the node whose constants change (None for an inserted Mul)
     bias: Node | None = None  # a constant-bias Add after a MatMul/Gemm
     via: Node | None = None  # the attention node that passes V's scaling through
@@ -242,6 +245,12 @@ def _producer_fold(y: Value, opts: SmoothQuantOptions, inputs: set[int], depth: 
         if "LayerNormalization" not in opts.fold_into:
             return f"{subject(p)}: LayerNormalization is not in fold_into"
         return _ln_fold(p, c, inputs)
+    if is_standard(p, "Mul") and len(p.inputs) == 2:
+        if "Mul" not in opts.fold_into:
+            return f"{subject(p)}: Mul is not in fold_into"
+        if _channel_vector_input(p, c, inputs) is None:
+            return f"{subject(p)} does not multiply %{y.name} by a constant vector along its channels"
+        return _Fold("ChannelMul", p)
     if is_standard(p, "MatMul", "Gemm") and y.index == 0:
         if p.op_type not in opts.fold_into:
             return f"{subject(p)}: {p.op_type} is not in fold_into"
@@ -265,6 +274,18 @@ def _vector(v: Value | None, c: int | None, inputs: set[int]) -> bool:
     """Whether v is a constant float32 vector of c entries (c None: any length)."""
     t = constant(v, inputs)
     return t is not None and t.dtype is DType.FLOAT and len(t.shape) == 1 and (c is None or t.shape[0] == c)
+
+
+def _channel_vector_input(mul: Node, c: int | None, inputs: set[int]) -> int | None:
+    """The index of a Mul's constant per-channel vector input (c entries, more than one), its other input not
+    constant; else None."""
+    for i in (0, 1):
+        v, other = mul.inputs[i], mul.inputs[1 - i]
+        t = constant(v, inputs)
+        if (t is not None and t.dtype is DType.FLOAT and len(t.shape) == 1 and t.shape[0] > 1
+                and (c is None or t.shape[0] == c) and other is not None and constant(other, inputs) is None):
+            return i
+    return None
 
 
 def _ln_fold(ln: Node, c: int | None, inputs: set[int]) -> _Fold | str:
@@ -478,7 +499,12 @@ def _apply(graph: Graph, site: _Site, s: np.ndarray) -> list[str]:
     node = fold.node
     assert node is not None
     rescaled = [v.name for v in (node.outputs[0], fold.bias.outputs[0] if fold.bias else None, x) if v is not None]
-    if fold.how == "LayerNormalization":
+    if fold.how == "ChannelMul":
+        i = _channel_vector_input(node, None, inputs)
+        assert i is not None
+        v = node.inputs[i]
+        set_constant(graph, node, i, constant(v, inputs).numpy() / s, v, "_smoothed")  # type: ignore[union-attr]
+    elif fold.how == "LayerNormalization":
         for i in (1, 2):
             v = node.inputs[i] if len(node.inputs) > i else None
             if v is not None:

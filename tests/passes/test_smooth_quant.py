@@ -275,7 +275,7 @@ def test_without_data_or_when_disabled_nothing_changes() -> None:
 @pytest.mark.parametrize(("options", "message"), [
     ({"alpha": 1.5}, "alpha must lie in \\[0, 1\\], got 1.5"),
     ({"alpha_grid": [0.5, -0.1]}, "alpha must lie in \\[0, 1\\], got -0.1"),
-    ({"fold_into": ["Gelu"]}, "fold_into: unknown producer 'Gelu'; valid: LayerNormalization, MatMul, Gemm, "
+    ({"fold_into": ["Gelu"]}, "fold_into: unknown producer 'Gelu'; valid: LayerNormalization, Mul, MatMul, Gemm, "
                               "MultiHeadAttention"),
     ({"alpha_search": True}, "unknown option 'alpha_search'"),
 ])
@@ -393,3 +393,42 @@ def test_alpha_grid_picks_by_predicted_error_or_keeps_x() -> None:
     ctx2 = _run(m2, signs, alpha_grid=[1.0], insert_mul=True)
     assert format_graph(m2.graph) == before
     assert decided(ctx2, "kept")["%x"].startswith("no alpha in [1.0] lowers the predicted error")
+
+
+def test_rms_norm_weight_absorbs_the_division() -> None:
+    """Llama's RMSNorm as exported: x * rsqrt(mean(x^2) + eps), then a Mul by the per-channel weight. That Mul's
+    vector is divided by s (power-of-two: the float model stays bit-identical); a Mul by a scalar cannot absorb a
+    per-channel s, and says so."""
+    k = 4
+    wvec = np.array([1.0, 24.0, 0.5, 1.0], np.float32)  # channel 1 is the outlier
+    wq = _w(k, 3)
+
+    def model(scale: str) -> Model:
+        return Model(parse_graph(f"""graph g (%x: f32[B,S,{k}]) -> (%q) {{
+  init %wvec: {scale}
+  init %two: f32[] = tensor<f32[]>2.0
+  init %eps: f32[] = tensor<f32[]>1e-06
+  init %wq: f32[{k},3] = {_t(wq)}
+  %sq: f32[B,S,{k}] = Pow(%x, %two) @pow
+  %ms: f32[B,S,1] = ReduceMean(%sq) {{axes=[-1], keepdims=1}} @mean
+  %d: f32[B,S,1] = Add(%ms, %eps) @add_eps
+  %r: f32[B,S,1] = Sqrt(%d) @sqrt
+  %inv: f32[B,S,1] = Reciprocal(%r) @rsqrt
+  %n: f32[B,S,{k}] = Mul(%x, %inv) @normed
+  %h: f32[B,S,{k}] = Mul(%wvec, %n) @rms_weight
+  %q: f32[B,S,3] = MatMul(%h, %wq) @q_proj
+}}"""), opset_imports={"": 17})
+
+    m, before = model(f"f32[{k}] = {_t(wvec)}"), model(f"f32[{k}] = {_t(wvec)}")
+    calib = _feeds(3, {"x": (2, 5, k)})
+    ctx = _run(m, calib)
+    assert "divided in its producer rms_weight (Mul)" in decided(ctx, "smoothed")["%h"]
+    by = {n.name: n for n in m.graph.nodes}
+    s = wvec / by["rms_weight"].inputs[0].const.numpy()
+    assert np.all(np.exp2(np.round(np.log2(s))) == s) and s[1] > s[0]  # powers of two, the outlier moved most
+    np.testing.assert_array_equal(by["q_proj"].inputs[1].const.numpy(), wq * s[:, None])
+    feeds = {"x": RNG.standard_normal((2, 7, k)).astype(np.float32)}
+    np.testing.assert_array_equal(ort_run(before, feeds)["q"], ort_run(m, feeds)["q"])
+    m = model("f32[] = tensor<f32[]>3.0")
+    ctx = _run(m, calib)
+    assert "does not multiply %h by a constant vector along its channels" in decided(ctx, "kept")["%h"]
