@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from qcompiler.ir import Graph, Node, Tensor, TensorType, Value, captured_values
+from qcompiler.ir import DType, Graph, Node, Tensor, TensorType, Value, captured_values
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -38,6 +38,12 @@ def constant(v: Value | None, inputs: set[int]) -> Tensor | None:
     if v is None or v.const is None or id(v) in inputs:
         return None
     return v.const
+
+
+def constant_vector(v: Value | None, inputs: set[int], length: int | None = None) -> bool:
+    """Whether v is a constant float32 vector (of `length` entries, when given) that the user cannot override."""
+    t = constant(v, inputs)
+    return t is not None and t.dtype is DType.FLOAT and len(t.shape) == 1 and (length is None or t.shape[0] == length)
 
 
 def native_float_array(t: Tensor) -> np.ndarray | None:

@@ -42,7 +42,7 @@ import numpy as np
 from qcompiler.ir import DType, Graph, Model, Node, Tensor, TensorType, Value
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
-from ._rewrite import constant, graph_input_ids, is_standard, set_constant, subject
+from ._rewrite import constant, constant_vector, graph_input_ids, is_standard, set_constant, subject
 from .assign import KEEP_FLOAT, quantized_linear
 from .smooth_quant import channel_stats
 
@@ -121,7 +121,7 @@ class LlmInt8(Pass):
             name = site.x.name
             rest = np.delete(a, picked)
             ups = [up.outputs[0].name for up, _ in site.linears]
-            measure_at = _split(model.graph, site, picked,
+            measure_at = _split(model.graph, site, picked, inputs,
                                 f"llm_int8: outlier channels {picked} of %{name} computed in float")
             ctx.artifacts.setdefault("measure_at", {}).update(measure_at)
             for up_out in ups:
@@ -260,7 +260,7 @@ def _linear(n: Node, inputs: set[int]) -> str | None:
         c = n.inputs[2] if len(n.inputs) > 2 else None
         if n.attr("transA", 0):
             return f"{subject(n)}: Gemm with transA"
-        if c is not None and not (_vector(c, inputs) and c.const.shape[0] == w.shape[_axes(n)[1]]):  # type: ignore[union-attr]
+        if c is not None and not constant_vector(c, inputs, w.shape[_axes(n)[1]]):
             return f"{subject(n)}: Gemm's C is not a constant vector along the output columns"
     return None
 
@@ -274,7 +274,8 @@ def _linear_chain(h: Value | None, inputs: set[int]) -> tuple[Node, Node | None]
     bias_add = None
     if is_standard(p, "Add") and len(p.inputs) == 2:
         for m, b in ((p.inputs[0], p.inputs[1]), (p.inputs[1], p.inputs[0])):
-            if m is not None and m.producer is not None and is_standard(m.producer, "MatMul") and _vector(b, inputs):
+            made_by_matmul = m is not None and m.producer is not None and is_standard(m.producer, "MatMul")
+            if made_by_matmul and constant_vector(b, inputs):
                 if len(m.uses) != 1 or m.is_graph_output():
                     return f"%{m.name} is read by more than the bias Add"
                 bias_add, p = p, m.producer
@@ -293,16 +294,6 @@ def _linear_chain(h: Value | None, inputs: set[int]) -> tuple[Node, Node | None]
 def _bias(add: Node) -> Value:
     """The constant input of a bias Add."""
     return next(v for v in add.inputs if v is not None and v.producer is None)
-
-
-def _matrix(v: Value | None, inputs: set[int]) -> Tensor | None:
-    t = constant(v, inputs)
-    return t if t is not None and t.dtype is DType.FLOAT and len(t.shape) == 2 else None
-
-
-def _vector(v: Value | None, inputs: set[int]) -> bool:
-    t = constant(v, inputs)
-    return t is not None and t.dtype is DType.FLOAT and len(t.shape) == 1
 
 
 def _outliers(a: np.ndarray, opts: LlmInt8Options) -> tuple[list[int], str]:
@@ -325,11 +316,10 @@ def _outliers(a: np.ndarray, opts: LlmInt8Options) -> tuple[list[int], str]:
 # -- rewriting -----------------------------------------------------------------------------------------------
 
 
-def _split(graph: Graph, site: _Site, picked: list[int], reason: str) -> dict[str, str]:
+def _split(graph: Graph, site: _Site, picked: list[int], inputs: set[int], reason: str) -> dict[str, str]:
     """Rewrite the site; returns {reader's original output name: the name of the value that holds its full
     output again} where that is a later value (after the reader's bias Add)."""
     keep, idx = np.setdiff1d(np.arange(site.channels), picked), np.asarray(picked)
-    inputs = graph_input_ids(graph)
     side_of: dict[int, Value] = {}  # a value of the int8 chain -> its float-path counterpart (channels C)
     path: list[Node] = []
     narrowed: list[Value] = []
@@ -423,7 +413,7 @@ def _add_after(graph: Graph, reader: Node, side: Node, inputs: set[int]) -> str:
     last = reader
     if len(y.uses) == 1 and not y.is_graph_output():
         n, _ = y.uses[0]
-        if is_standard(n, "Add") and len(n.inputs) == 2 and any(_vector(v, inputs) for v in n.inputs):
+        if is_standard(n, "Add") and len(n.inputs) == 2 and any(constant_vector(v, inputs) for v in n.inputs):
             last = n
     partial = last.outputs[0]
     total = Value(graph.fresh_name(f"{partial.name}_sum"), partial.type)

@@ -47,7 +47,7 @@ import numpy as np
 from qcompiler.ir import DType, Graph, Model, Node, Tensor, TensorType, Value
 from qcompiler.pipeline import Pass, PassContext, PassResult, register_pass
 
-from ._rewrite import constant, graph_input_ids, is_standard, set_constant, subject
+from ._rewrite import constant, constant_vector, graph_input_ids, is_standard, set_constant, subject
 from .assign import quantized_linear
 
 MS_DOMAIN = "com.microsoft"
@@ -270,20 +270,13 @@ def _channels_of(v: Value) -> int | None:
     return None
 
 
-def _vector(v: Value | None, c: int | None, inputs: set[int]) -> bool:
-    """Whether v is a constant float32 vector of c entries (c None: any length)."""
-    t = constant(v, inputs)
-    return t is not None and t.dtype is DType.FLOAT and len(t.shape) == 1 and (c is None or t.shape[0] == c)
-
-
 def _channel_vector_input(mul: Node, c: int | None, inputs: set[int]) -> int | None:
     """The index of a Mul's constant per-channel vector input (c entries, more than one), its other input not
     constant; else None."""
     for i in (0, 1):
         v, other = mul.inputs[i], mul.inputs[1 - i]
-        t = constant(v, inputs)
-        if (t is not None and t.dtype is DType.FLOAT and len(t.shape) == 1 and t.shape[0] > 1
-                and (c is None or t.shape[0] == c) and other is not None and constant(other, inputs) is None):
+        if (constant_vector(v, inputs, c) and v.const.shape[0] > 1  # type: ignore[union-attr]
+                and other is not None and constant(other, inputs) is None):
             return i
     return None
 
@@ -295,9 +288,9 @@ def _ln_fold(ln: Node, c: int | None, inputs: set[int]) -> _Fold | str:
         return f"{subject(ln)} normalizes from axis {axis}, not over the last axis only (gamma is not per channel)"
     gamma = ln.inputs[1] if len(ln.inputs) > 1 else None
     beta = ln.inputs[2] if len(ln.inputs) > 2 else None
-    if not _vector(gamma, c, inputs):
+    if not constant_vector(gamma, inputs, c):
         return f"{subject(ln)}: scale is not a constant float32 vector along the channels"
-    if beta is not None and not _vector(beta, c, inputs):
+    if beta is not None and not constant_vector(beta, inputs, c):
         return f"{subject(ln)}: bias is not a constant float32 vector along the channels"
     return _Fold("LayerNormalization", ln)
 
@@ -310,7 +303,8 @@ def _linear_fold(p: Node, add: Node | None, c: int | None, inputs: set[int]) -> 
     n_axis = 0 if p.op_type == "Gemm" and p.attr("transB", 0) else 1
     if c is not None and w.shape[n_axis] != c:
         return f"{subject(p)}: weight has {w.shape[n_axis]} output columns, not {c}"
-    if p.op_type == "Gemm" and len(p.inputs) > 2 and p.inputs[2] is not None and not _vector(p.inputs[2], c, inputs):
+    gemm_c = p.inputs[2] if p.op_type == "Gemm" and len(p.inputs) > 2 else None
+    if gemm_c is not None and not constant_vector(gemm_c, inputs, c):
         return f"{subject(p)}: Gemm bias C is not a constant vector along the output columns"
     return _Fold(p.op_type, p, bias=add)
 
@@ -318,7 +312,7 @@ def _linear_fold(p: Node, add: Node | None, c: int | None, inputs: set[int]) -> 
 def _bias_fold(add: Node, c: int | None, opts: SmoothQuantOptions, inputs: set[int]) -> _Fold | str:
     """y = Add(h, b): b a constant vector, h a MatMul/Gemm output read by this Add only."""
     for h, b in ((add.inputs[0], add.inputs[1]), (add.inputs[1], add.inputs[0])):
-        if h is None or not _vector(b, c, inputs) or h.producer is None:
+        if h is None or not constant_vector(b, inputs, c) or h.producer is None:
             continue
         p = h.producer
         if not is_standard(p, "MatMul", "Gemm"):
@@ -528,7 +522,7 @@ def _divide_columns(graph: Graph, p: Node, add: Node | None, s: np.ndarray, inpu
     if p.op_type == "Gemm" and len(p.inputs) > 2 and p.inputs[2] is not None:
         biases.append((p, 2))
     if add is not None:
-        biases.append((add, 0 if _vector(add.inputs[0], None, inputs) else 1))
+        biases.append((add, 0 if constant_vector(add.inputs[0], inputs, None) else 1))
     for n, i in biases:
         b = n.inputs[i]
         set_constant(graph, n, i, constant(b, inputs).numpy() / s, b, "_smoothed")  # type: ignore[union-attr]

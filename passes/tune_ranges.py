@@ -63,7 +63,7 @@ class TuneRanges(Pass):
         from tqdm import tqdm
 
         from qcompiler.runtime import Executor
-        from qcompiler.runtime.fake_quant import _broadcast, fake_quantize
+        from qcompiler.runtime.fake_quant import broadcast_along, fake_quantize
 
         opts: TuneRangesOptions = self.options()
         data = ctx.calibration
@@ -111,7 +111,7 @@ class TuneRanges(Pass):
             if id(value) not in gains:
                 return w
             g, axis = gains[id(value)]
-            return w * torch.exp(_broadcast(g, w, axis))
+            return w * torch.exp(broadcast_along(g, w, axis))
 
         # The float reference runs beside the simulated model, batch by batch: nothing is held across batches, so
         # memory stays the same however many calibration samples there are (at most `samples` are read).

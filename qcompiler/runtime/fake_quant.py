@@ -20,7 +20,8 @@ class _RoundSTE(torch.autograd.Function):
         return grad
 
 
-def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+def broadcast_along(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """A per-axis parameter (scale, zero point, gain) shaped to broadcast against x along `axis` (None: as is)."""
     if axis is None or p.dim() == 0:
         return p
     shape = [1] * x.dim()
@@ -37,7 +38,7 @@ def fake_quantize(
     axis: int | None = None,
 ) -> torch.Tensor:
     """dq(q(x)) with per-tensor (`axis=None`) or per-axis parameters; STE gradient."""
-    s = _broadcast(scale.to(x.dtype), x, axis)
-    z = _broadcast(zero_point.to(x.dtype), x, axis) if zero_point is not None else torch.zeros((), dtype=x.dtype)
+    s = broadcast_along(scale.to(x.dtype), x, axis)
+    z = broadcast_along(zero_point.to(x.dtype), x, axis) if zero_point is not None else torch.zeros((), dtype=x.dtype)
     q = torch.clamp(_RoundSTE.apply(x / s) + z, qmin, qmax)
     return (q - z) * s
