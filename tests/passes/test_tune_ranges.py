@@ -169,3 +169,44 @@ def test_a_folded_clip_stays_folded() -> None:
         model = p(model, ctx).model
     assert [d.action for d in ctx.decisions if d.pass_name == "lower_qdq" and "relu6" in d.subject] == ["folded"]
     assert all(n.op_type != "Clip" for n in model.graph.nodes)
+
+
+def _reference_runs(monkeypatch, calib, **tune: object) -> tuple[list[int], np.ndarray]:
+    """Run counts of the pass's two executors (the float reference is created first) and the tuned x scale."""
+    from qcompiler.runtime import Executor
+
+    counts: dict[int, int] = {}
+    run_torch = Executor.run_torch
+
+    def counted(self, *args, **kwargs):
+        counts[id(self)] = counts.get(id(self), 0) + 1
+        return run_torch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Executor, "run_torch", counted)
+    tuned, _ = _compile(calib, ("assign_quant_types", "calibrate", "tune_ranges"), epochs=3, **tune)
+    return list(counts.values()), tuned.graph.inputs[0].quant.scale.const.numpy()
+
+
+def test_the_float_reference_runs_once_per_batch_and_changes_nothing(monkeypatch) -> None:
+    # 32 samples in batches of 8: 4 batches, read 3 + 2 times (epochs, the loss before and after).
+    calib = _data(32)
+    (ref_runs, _), x_scale = _reference_runs(monkeypatch, calib)
+    (ref_uncached, _), x_scale_uncached = _reference_runs(monkeypatch, calib, reference_cache_mb=0)
+    assert (ref_runs, ref_uncached) == (4, 4 * 5)
+    assert x_scale == x_scale_uncached  # the same fit, bit for bit
+
+    # A source that yields other samples on every pass: nothing may be reused for the wrong batch.
+    class Shifting(_Samples):
+        calls = 0
+
+        def batches(self, batch_size: int) -> list:
+            Shifting.calls += 1
+            rows = np.roll(np.concatenate([f["x"] for f in self]), Shifting.calls, axis=0)
+            return [{"x": rows[i:i + batch_size]} for i in range(0, len(rows), batch_size)]
+
+    shifting = Shifting(calib)
+    (ref_runs, _), x_scale = _reference_runs(monkeypatch, shifting)
+    Shifting.calls = 0
+    _, x_scale_uncached = _reference_runs(monkeypatch, shifting, reference_cache_mb=0)
+    assert ref_runs > 4
+    assert x_scale == x_scale_uncached
