@@ -383,7 +383,12 @@ def sqnr_chart(layers: list[LayerEntry], warn_db: float) -> str:
 
 
 def _layers(r: Report, warn_db: float) -> str:
-    out = [f'<h2 id="chart">Per-layer SQNR</h2>{sqnr_chart(r.layers, warn_db)}', '<h2 id="layers">Layers</h2>']
+    gap = r.layer_gap()
+    note = (f'<p class="muted">Each layer\'s figure compares its output tensor with the float model\'s: the worst, '
+            f'{gap[0]:.1f} dB, lies far below the model output\'s {gap[1]:.1f} dB, as when ranges fitted to the '
+            f'output clip channels that later layers barely read. What a layer costs the output: compile with '
+            f'<code>--exclude</code> for it and compare the output SQNR.</p>') if gap else ""
+    out = [f'<h2 id="chart">Per-layer SQNR</h2>{note}{sqnr_chart(r.layers, warn_db)}', '<h2 id="layers">Layers</h2>']
     if not r.layers:
         return "".join(out) + f'<p class="muted">{fmt.NA}: no layers recorded.</p>'
     rows = []

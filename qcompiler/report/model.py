@@ -237,6 +237,16 @@ class Report:
         measured.sort(key=lambda layer: -math.inf if math.isnan(layer.sqnr_db) else layer.sqnr_db)  # type: ignore[arg-type]
         return measured[: max(n, 0)]
 
+    def layer_gap(self, gap_db: float = 10.0) -> tuple[float, float] | None:
+        """(worst layer SQNR, worst output SQNR) when the first lies more than `gap_db` below the second, else None.
+        Readers of the per-layer table are then told that a tensor's figure is its own error, not what it costs
+        the output (ranges fitted to the output clip channels that later layers barely read)."""
+        worst = self.worst_layers(1)
+        outs = [o.sqnr_db for o in self.outputs if o.sqnr_db is not None and math.isfinite(o.sqnr_db)]
+        if not worst or not outs or math.isnan(worst[0].sqnr_db) or worst[0].sqnr_db > min(outs) - gap_db:  # type: ignore[arg-type]
+            return None
+        return float(worst[0].sqnr_db), float(min(outs))  # type: ignore[arg-type]
+
     # -- JSON -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form: plain dicts, lists, str, numbers, bool, None."""

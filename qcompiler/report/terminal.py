@@ -172,6 +172,11 @@ def format_report(
             )
     else:
         out.add(f"  {fmt.NA}: no per-layer SQNR recorded")
+    gap = r.layer_gap()
+    if gap:
+        out.add()
+        out.add(f"  a layer's figure is its tensor's own error (worst {gap[0]:.1f} dB, output {gap[1]:.1f} dB):", "dim")
+        out.add("  to see what one costs the output, compile with --exclude for it and compare", "dim")
 
     def listing(title: str, items: list[tuple[str, str]], style: str) -> None:
         out.add()
