@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -178,6 +179,11 @@ def bench_model(name: str, threads: int, work: Path, log: Any, eval_limit: int |
         metrics = zm.evaluate(r, limit=eval_limit)
         result[k]["accuracy"] = metrics[zm.metric]
         result[k]["metrics"] = metrics
+    if name == "minilm":  # which queries each contender gets right: top-1 differences are a handful of queries
+        from qcompiler.zoo.minilm import query_ranks
+
+        for k, r in runners.items():
+            result[k]["query_hits"] = [int(x) for x in query_ranks(zm, r) == 1]
     if name == "mobilenet_v2" and fresh_crops > 0:
         for k, m in fresh_crop_agreement(runners, fresh_crops, FRESH_SEED, log).items():
             result[k]["fresh_crops"] = {"n": fresh_crops, "seed": FRESH_SEED, **m}
@@ -187,6 +193,16 @@ def bench_model(name: str, threads: int, work: Path, log: Any, eval_limit: int |
             v[f"ratio_b{b}"] = v[f"latency_b{b}_ms"] / base[f"latency_b{b}_ms"]
         v["size_ratio"] = v["size_bytes"] / base["size_bytes"]
     return {"metric": zm.metric, "contenders": result}
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs: how often a fair coin splits b + c
+    at least this unevenly."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def check_targets(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
@@ -204,9 +220,15 @@ def check_targets(results: dict[str, Any]) -> list[tuple[str, bool, str]]:
                     c[ours]["latency_b8_ms"] <= ort[fastest]["latency_b8_ms"],
                     f"{ours} {c[ours]['latency_b8_ms']:.1f} ms vs {fastest} {ort[fastest]['latency_b8_ms']:.1f} ms"))
         best = max(ort, key=lambda k: ort[k]["accuracy"])
+        paired = ""
+        if "query_hits" in c[ours] and "query_hits" in ort[best]:
+            a, b = np.array(c[ours]["query_hits"]), np.array(ort[best]["query_hits"])
+            only_ours, only_ort = int(np.sum(a > b)), int(np.sum(b > a))
+            paired = (f"; query by query {only_ours} right only in ours, {only_ort} only in {best} "
+                      f"(exact McNemar p = {mcnemar_p(only_ours, only_ort):.2f})")
         out.append(("MiniLM: ours not less accurate than ORT's most accurate flow",
                     c[ours]["accuracy"] >= ort[best]["accuracy"],
-                    f"{ours} {c[ours]['accuracy']:.4f} vs {best} {ort[best]['accuracy']:.4f}"))
+                    f"{ours} {c[ours]['accuracy']:.4f} vs {best} {ort[best]['accuracy']:.4f}{paired}"))
         d = c["fp32"]["accuracy"] - c[ours]["accuracy"]
         out.append(("MiniLM retrieval top-1 within 0.01 of FP32", d <= 0.01,
                     f"FP32 {c['fp32']['accuracy']:.4f}, {ours} {c[ours]['accuracy']:.4f}"))
@@ -246,6 +268,13 @@ def format_table(results: dict[str, Any]) -> str:
             lines.append(f"  {k:<20} {v['latency_b1_ms']:9.2f} {v['ratio_b1']:6.3f} {v['latency_b8_ms']:9.2f} "
                          f"{v['ratio_b8']:6.3f} {v['size_bytes'] / 2**20:8.2f} {v['size_ratio']:7.3f} "
                          f"{v['accuracy']:10.4f}")
+        hits = {k: np.array(v["query_hits"]) for k, v in r["contenders"].items() if "query_hits" in v}
+        if "fp32" in hits:
+            lines.append("  query by query against fp32 (queries gained / lost):")
+            for k, h in hits.items():
+                if k != "fp32":
+                    ref = hits["fp32"]
+                    lines.append(f"  {k:<20} +{int(np.sum(h > ref))} / -{int(np.sum(h < ref))}")
         fresh = {k: v["fresh_crops"] for k, v in r["contenders"].items() if "fresh_crops" in v}
         if fresh:
             n = next(iter(fresh.values()))["n"]

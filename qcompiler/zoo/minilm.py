@@ -200,12 +200,36 @@ def build(folder: Path) -> None:
                         "torch_metrics": _score(fp32_q, fp32_d, fp32_q, fp32_d)})
 
 
-def _score(q: np.ndarray, d: np.ndarray, ref_q: np.ndarray, ref_d: np.ndarray) -> dict[str, float]:
+def _ranks(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Each query's rank of its own document (1 = first): another document must score strictly higher."""
     sim = q @ d.T
-    own = np.diag(sim)
-    rank = 1 + (sim > own[:, None]).sum(axis=1)  # another document must score strictly higher to outrank
+    return 1 + (sim > np.diag(sim)[:, None]).sum(axis=1)
+
+
+def _score(q: np.ndarray, d: np.ndarray, ref_q: np.ndarray, ref_d: np.ndarray) -> dict[str, float]:
+    rank = _ranks(q, d)
     cos = np.concatenate([(q * ref_q).sum(1), (d * ref_d).sum(1)])
     return {"top1": float((rank == 1).mean()), "mrr": float((1.0 / rank).mean()), "cosine_fp32": float(cos.mean())}
+
+
+def _unit_embeddings(d: dict[str, np.ndarray], run: Runner, limit: int | None,
+                     progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The first `limit` queries' and documents' embeddings under `run`, scaled to unit length (a runner's
+    embedding need not be normalized, e.g. a quantized one's: cosine normalizes)."""
+    qs = _unragged(d["q_ids"], d["q_len"])[:limit]
+    ds = _unragged(d["d_ids"], d["d_len"])[:limit]
+    bar = progress_bar(len(qs) + len(ds), NAME, progress)
+    q, e = embed(run, qs, bar), embed(run, ds, bar)
+    bar.close()
+    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    return q, e
+
+
+def query_ranks(model: ZooModel, run: Runner, progress: bool = False) -> np.ndarray:
+    """Each evaluation query's rank of its own document under `run` (1 = retrieved first), in topic order: what
+    two runners' top-1 figures differ by, query by query."""
+    return _ranks(*_unit_embeddings(read_data(Path(model.onnx_path).parent), run, None, progress))
 
 
 def load(folder: Path) -> ZooModel:
@@ -223,14 +247,7 @@ def load(folder: Path) -> ZooModel:
 
     def evaluate(run: Runner, limit: int | None, progress: bool) -> dict[str, float]:
         d = data()
-        qs = _unragged(d["q_ids"], d["q_len"])[:limit]
-        ds = _unragged(d["d_ids"], d["d_len"])[:limit]
-        bar = progress_bar(len(qs) + len(ds), NAME, progress)
-        q, e = embed(run, qs, bar), embed(run, ds, bar)
-        bar.close()
-        # a runner's embedding need not be normalized (e.g. quantized): cosine normalizes
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        q, e = _unit_embeddings(d, run, limit, progress)
         return _score(q, e, d["fp32_q"][:limit], d["fp32_d"][:limit])
 
     return ZooModel(
