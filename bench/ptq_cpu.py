@@ -176,14 +176,15 @@ def bench_model(name: str, threads: int, work: Path, log: Any, eval_limit: int |
             result[k][f"latency_b{batch}_p10_ms"] = s.p10_ms
     log(f"{name}: accuracy ({zm.metric})")
     for k, r in runners.items():
-        metrics = zm.evaluate(r, limit=eval_limit)
+        if name == "minilm":  # which queries each contender gets right: top-1 differences are a handful of queries
+            from qcompiler.zoo.minilm import evaluate_by_query
+
+            metrics, ranks = evaluate_by_query(zm, r, eval_limit)
+            result[k]["query_hits"] = [int(x) for x in ranks == 1]
+        else:
+            metrics = zm.evaluate(r, limit=eval_limit)
         result[k]["accuracy"] = metrics[zm.metric]
         result[k]["metrics"] = metrics
-    if name == "minilm":  # which queries each contender gets right: top-1 differences are a handful of queries
-        from qcompiler.zoo.minilm import query_ranks
-
-        for k, r in runners.items():
-            result[k]["query_hits"] = [int(x) for x in query_ranks(zm, r) == 1]
     if name == "mobilenet_v2" and fresh_crops > 0:
         for k, m in fresh_crop_agreement(runners, fresh_crops, FRESH_SEED, log).items():
             result[k]["fresh_crops"] = {"n": fresh_crops, "seed": FRESH_SEED, **m}
@@ -271,9 +272,9 @@ def format_table(results: dict[str, Any]) -> str:
         hits = {k: np.array(v["query_hits"]) for k, v in r["contenders"].items() if "query_hits" in v}
         if "fp32" in hits:
             lines.append("  query by query against fp32 (queries gained / lost):")
+            ref = hits["fp32"]
             for k, h in hits.items():
                 if k != "fp32":
-                    ref = hits["fp32"]
                     lines.append(f"  {k:<20} +{int(np.sum(h > ref))} / -{int(np.sum(h < ref))}")
         fresh = {k: v["fresh_crops"] for k, v in r["contenders"].items() if "fresh_crops" in v}
         if fresh:

@@ -289,7 +289,9 @@ def accuracy_warnings(float_graph: Any, outputs: list[Any], target: Any) -> list
     worst = min(measured, key=lambda o: o.sqnr_db)
     attention = sum(n.op_type in ATTENTION_OPS for n in float_graph.nodes)
     if getattr(target, "static", False) and attention and worst.sqnr_db < LOW_SQNR_STATIC_ATTENTION_DB:
-        dynamic = [t for t in _targets_of(target.backend) if not t.static]
+        from .targets import list_targets
+
+        dynamic = [t for t in list_targets() if t.backend == target.backend and not t.static]
         hint = f"; try --target {dynamic[0].name}, which quantizes activations at run time" if dynamic else ""
         return [f"output {worst.name!r} has SQNR {worst.sqnr_db:.1f} dB against the float model: static int8 "
                 f"activations lose accuracy on attention models (this one has {attention} attention/softmax "
@@ -298,12 +300,6 @@ def accuracy_warnings(float_graph: Any, outputs: list[Any], target: Any) -> list
         return [f"output {worst.name!r} has SQNR {worst.sqnr_db:.1f} dB against the float model: the per-layer "
                 f"table shows where the error starts, and --exclude keeps those layers float"]
     return []
-
-
-def _targets_of(backend: str) -> list[Any]:
-    from .targets import list_targets
-
-    return [t for t in list_targets() if t.backend == backend]
 
 
 def _op_of(label: str) -> str:

@@ -226,10 +226,17 @@ def _unit_embeddings(d: dict[str, np.ndarray], run: Runner, limit: int | None,
     return q, e
 
 
-def query_ranks(model: ZooModel, run: Runner, progress: bool = False) -> np.ndarray:
-    """Each evaluation query's rank of its own document under `run` (1 = retrieved first), in topic order: what
-    two runners' top-1 figures differ by, query by query."""
-    return _ranks(*_unit_embeddings(read_data(Path(model.onnx_path).parent), run, None, progress))
+def _evaluate_by_query(d: dict[str, np.ndarray], run: Runner, limit: int | None,
+                       progress: bool) -> tuple[dict[str, float], np.ndarray]:
+    q, e = _unit_embeddings(d, run, limit, progress)
+    return _score(q, e, d["fp32_q"][:limit], d["fp32_d"][:limit]), _ranks(q, e)
+
+
+def evaluate_by_query(model: ZooModel, run: Runner, limit: int | None = None,
+                      progress: bool = False) -> tuple[dict[str, float], np.ndarray]:
+    """`model.evaluate(run, limit)`'s metrics and, from the same embeddings, each query's rank of its own
+    document (1 = retrieved first), in topic order: what two runners' top-1 figures differ by, query by query."""
+    return _evaluate_by_query(read_data(Path(model.onnx_path).parent), run, limit, progress)
 
 
 def load(folder: Path) -> ZooModel:
@@ -246,9 +253,7 @@ def load(folder: Path) -> ZooModel:
         return [pad_feed(seqs[s]) for s in batches(n, batch_size)]
 
     def evaluate(run: Runner, limit: int | None, progress: bool) -> dict[str, float]:
-        d = data()
-        q, e = _unit_embeddings(d, run, limit, progress)
-        return _score(q, e, d["fp32_q"][:limit], d["fp32_d"][:limit])
+        return _evaluate_by_query(data(), run, limit, progress)[0]
 
     return ZooModel(
         name=NAME,

@@ -74,7 +74,8 @@ def test_retrieval(model: zoo.ZooModel, data: dict[str, np.ndarray]) -> None:
     assert 0.0 <= small["top1"] <= 1.0 and small["mrr"] >= small["top1"]
     # Query by query: the ranks behind top-1 and MRR, in topic order; a query's top-1 outcome is the one the
     # build's FP32 embeddings give, except where its gap allows a flip.
-    ranks = minilm.query_ranks(model, run)
+    by_query, ranks = minilm.evaluate_by_query(model, run)
+    assert by_query == result
     assert ranks.shape == (len(q),) and ranks.min() >= 1
     assert np.mean(ranks == 1) == result["top1"] and np.mean(1.0 / ranks) == pytest.approx(result["mrr"])
     fp32_top1 = own >= sim.max(axis=1)  # rank 1: no other document strictly higher
